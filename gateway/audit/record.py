@@ -1,0 +1,69 @@
+"""One audit row per request."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Limits on free-text fields, so an odd value is truncated instead of failing the row.
+MAX_TEXT = {"error_message": 4096, "user_agent": 512, "path": 2048}
+MAX_DEFAULT_TEXT = 1024
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    """Everything the audit table records about one request; field names are the column names."""
+
+    request_id: str
+    timestamp: datetime
+    method: str
+    path: str
+    status_code: int = 0
+    outcome: str = "ok"
+    duration_ms: float | None = None
+    ttfb_ms: float | None = None
+    user_email: str | None = None
+    user_subject: str | None = None
+    user_domain: str | None = None
+    groups: list[str] = field(default_factory=list)
+    policy_rule: str | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+    parent_agent_id: str | None = None
+    user_agent: str | None = None
+    client_ip: str | None = None
+    requested_model: str | None = None
+    served_model: str | None = None
+    upstream: str | None = None
+    attempts: int = 0
+    stream: bool | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    upstream_request_id: str | None = None
+    message_id: str | None = None
+    stop_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cost_usd: float | None = None
+    request_bytes: int = 0
+    response_bytes: int = 0
+    trace_id: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """A JSON-ready row: RFC 3339 UTC timestamp, free text truncated to documented limits."""
+        row = asdict(self)
+        row["timestamp"] = rfc3339(self.timestamp)
+        for key, value in row.items():
+            if isinstance(value, str):
+                limit = MAX_TEXT.get(key, MAX_DEFAULT_TEXT)
+                if len(value) > limit:
+                    row[key] = value[: limit - 1] + "…"
+        return row
+
+
+def rfc3339(moment: datetime) -> str:
+    """`2026-11-22T20:28:34.123456Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

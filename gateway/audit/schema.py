@@ -1,0 +1,68 @@
+"""The audit table's columns: the one source of truth for BigQuery, SQLite, Terraform and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str  # BigQuery standard type: STRING, INT64, FLOAT64, BOOL, TIMESTAMP
+    description: str
+    mode: str = "NULLABLE"  # NULLABLE, REQUIRED or REPEATED
+
+
+AUDIT_COLUMNS: tuple[Column, ...] = (
+    Column("request_id", "STRING", "Gateway request id, unique per request (BigQuery insertId).", "REQUIRED"),
+    Column("timestamp", "TIMESTAMP", "When the gateway received the request (UTC).", "REQUIRED"),
+    Column("duration_ms", "FLOAT64", "Milliseconds from receipt to the last byte sent or the refusal."),
+    Column("ttfb_ms", "FLOAT64", "Milliseconds from receipt to the first response byte sent to the client."),
+    Column("user_email", "STRING", "Verified Workspace email from the IAP assertion; null if unauthenticated."),
+    Column("user_subject", "STRING", "Stable Google account id (IAP `sub`)."),
+    Column("user_domain", "STRING", "Hosted domain (IAP `hd`) or the email's domain."),
+    Column("groups", "STRING", "Workspace groups that matched the user's policy.", "REPEATED"),
+    Column("policy_rule", "STRING", "Policy rule applied to the request."),
+    Column("session_id", "STRING", "Claude Code session (X-Claude-Code-Session-Id)."),
+    Column("agent_id", "STRING", "Claude Code subagent (X-Claude-Code-Agent-Id)."),
+    Column("parent_agent_id", "STRING", "Parent of the subagent (X-Claude-Code-Parent-Agent-Id)."),
+    Column("user_agent", "STRING", "Client User-Agent, e.g. claude-cli/2.1.328."),
+    Column("client_ip", "STRING", "Caller address as seen by the gateway (first X-Forwarded-For hop)."),
+    Column("method", "STRING", "HTTP method.", "REQUIRED"),
+    Column("path", "STRING", "Request path, without the query string.", "REQUIRED"),
+    Column("requested_model", "STRING", "Model named in the request body."),
+    Column("served_model", "STRING", "Model the upstream reports having served."),
+    Column("upstream", "STRING", "Upstream that served the request (anthropic, vertex, ...)."),
+    Column("attempts", "INT64", "Upstream attempts made (more than 1 after failover)."),
+    Column("stream", "BOOL", "Whether the client asked for a streamed reply."),
+    Column("status_code", "INT64", "HTTP status returned to the client.", "REQUIRED"),
+    Column(
+        "outcome",
+        "STRING",
+        "ok, client_disconnect, upstream_error, denied, rate_limited, unauthenticated, bad_request, "
+        "not_found, gateway_error.",
+        "REQUIRED",
+    ),
+    Column("error_type", "STRING", "Anthropic error type when the request failed."),
+    Column("error_message", "STRING", "Error message when the request failed (truncated)."),
+    Column("upstream_request_id", "STRING", "Upstream `request-id` header."),
+    Column("message_id", "STRING", "Anthropic message id (msg_...)."),
+    Column("stop_reason", "STRING", "end_turn, max_tokens, tool_use, stop_sequence, ..."),
+    Column("input_tokens", "INT64", "Uncached input tokens."),
+    Column("output_tokens", "INT64", "Output tokens (cumulative, as last reported)."),
+    Column("cache_creation_input_tokens", "INT64", "Input tokens written to the prompt cache."),
+    Column("cache_read_input_tokens", "INT64", "Input tokens read from the prompt cache."),
+    Column("cost_usd", "FLOAT64", "Estimated cost in USD from the pricing table; null for unknown models."),
+    Column("request_bytes", "INT64", "Request body size in bytes."),
+    Column("response_bytes", "INT64", "Response body bytes sent to the client."),
+    Column("trace_id", "STRING", "Cloud Trace id from X-Cloud-Trace-Context."),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in AUDIT_COLUMNS)
+
+
+def bigquery_schema_json() -> list[dict[str, str]]:
+    """The schema in BigQuery's JSON form (as `bq` and Terraform's `google_bigquery_table.schema` take it)."""
+    return [
+        {"name": c.name, "type": c.type, "mode": c.mode, "description": c.description} for c in AUDIT_COLUMNS
+    ]

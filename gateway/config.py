@@ -1,0 +1,80 @@
+"""Gateway settings: one pydantic-settings class, read from `GATEWAY_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
+ANTHROPIC_URL = "https://api.anthropic.com"
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment, validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", populate_by_name=True)
+
+    dev_mode: bool = False
+    """Development mode: allows running without an IAP audience. Never set in production."""
+
+    iap_audience: CommaList = Field(default_factory=list)
+    iap_certs_url: str = IAP_CERTS_URL
+    iap_clock_skew_seconds: int = 30
+    allowed_domains: CommaList = Field(default_factory=list)
+
+    upstream_url: str = ANTHROPIC_URL
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GATEWAY_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    upstream_connect_timeout: float = 10.0
+    upstream_read_timeout: float = 600.0
+    upstream_write_timeout: float = 60.0
+    upstream_pool_timeout: float = 10.0
+    upstream_max_connections: int = 512
+
+    audit_sink: str = "sqlite:///gateway-audit.db"
+    audit_queue_size: int = Field(default=10_000, gt=0)
+
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    pricing_file: str | None = None
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "GATEWAY_PORT"))
+    log_level: str = "INFO"
+    access_log: bool = True
+    google_cloud_project: str | None = Field(
+        default=None, validation_alias=AliasChoices("GATEWAY_PROJECT", "GOOGLE_CLOUD_PROJECT")
+    )
+
+    _split = field_validator("iap_audience", "allowed_domains", mode="before")(_split_commas)
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _lower_domains(cls, value: list[str]) -> list[str]:
+        return [domain.lower() for domain in value]
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _fail_closed(self) -> Settings:
+        if not self.dev_mode and not self.iap_audience:
+            raise ValueError(
+                "GATEWAY_IAP_AUDIENCE is not set: refusing to start a gateway that would accept any IAP "
+                "audience. Set it to /projects/NUMBER/locations/REGION/services/NAME (IAP on Cloud Run) or "
+                "/projects/NUMBER/global/backendServices/ID (load balancer), or set GATEWAY_DEV_MODE=1 "
+                "for local development."
+            )
+        return self

@@ -1,0 +1,53 @@
+"""The interface between the proxy and access policy, and the allow-all policy used without a policy file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.identity import Principal
+from gateway.metering import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What policy may look at before the upstream is called."""
+
+    principal: Principal
+    path: str
+    model: str | None
+    max_tokens: int | None
+    stream: bool
+
+
+@dataclass(slots=True)
+class Admission:
+    """A request let through: the groups and rule that applied, carried to the audit row and to `settle`."""
+
+    groups: list[str] = field(default_factory=list)
+    rule: str | None = None
+
+
+class AccessPolicy(Protocol):
+    async def admit(self, facts: RequestFacts) -> Admission:
+        """Let the request through, or raise `GatewayError` (403 `denied`, 429 `rate_limited`)."""
+        ...
+
+    async def settle(self, facts: RequestFacts, admission: Admission, usage: Usage, cost_usd: float | None) -> None:
+        """Account for a finished request (tokens, spend) and release what `admit` held (concurrency)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class AllowAll:
+    """Everyone IAP lets through may use everything: the behaviour without `GATEWAY_POLICY_FILE`."""
+
+    async def admit(self, facts: RequestFacts) -> Admission:
+        return Admission()
+
+    async def settle(self, facts: RequestFacts, admission: Admission, usage: Usage, cost_usd: float | None) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

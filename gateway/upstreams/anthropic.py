@@ -1,0 +1,27 @@
+"""Anthropic's Messages API as an upstream."""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import SecretStr
+
+from gateway.upstreams.base import UpstreamCall
+
+
+class AnthropicUpstream:
+    """Forwards the request unchanged apart from credentials: the gateway's key replaces the caller's."""
+
+    name = "anthropic"
+
+    def __init__(self, base_url: str, api_key: SecretStr | None) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._key_header = [(b"x-api-key", api_key.get_secret_value().encode())] if api_key else []
+
+    async def build_request(self, client: httpx.AsyncClient, call: UpstreamCall) -> httpx.Request:
+        url = self._base_url + call.path
+        if call.query:
+            url += "?" + call.query.decode("latin-1")
+        return client.build_request(
+            call.method, url, headers=call.headers + self._key_header, content=call.body or None
+        )
+
