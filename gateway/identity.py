@@ -42,6 +42,16 @@ class AuthenticationError(GatewayError):
         super().__init__(status, message, outcome=outcome)
 
 
+class DomainNotAllowed(AuthenticationError):
+    """A valid assertion for an account outside `GATEWAY_ALLOWED_DOMAINS`: 403, outcome `denied`."""
+
+    def __init__(self, principal: Principal) -> None:
+        super().__init__(
+            f"{principal.email} is not in an allowed Workspace domain.", status=403, outcome="denied"
+        )
+        self.principal = principal
+
+
 class IAPKeys:
     """IAP's public keys (kid -> PEM), fetched once and refetched only when an unknown kid shows up or they age."""
 
@@ -173,14 +183,15 @@ class IAPVerifier:
             raise self._refuse("assertion has no subject")
         hosted_domain = claims.get("hd")
         hosted_domain = hosted_domain.lower() if isinstance(hosted_domain, str) and hosted_domain else None
+        principal = Principal(
+            email=email.lower(), subject=subject, domain=hosted_domain or email.rsplit("@", 1)[1].lower()
+        )
+        # `hd` is what proves a managed Workspace account; an address in the company's domain alone can
+        # belong to an unmanaged consumer account, so the email's domain is not enough.
         if self._allowed_domains and hosted_domain not in self._allowed_domains:
-            # `hd` is what proves a managed Workspace account; an address in the company's domain alone
-            # can belong to an unmanaged consumer account.
-            raise AuthenticationError(
-                f"{email} is not a member of an allowed Workspace domain.", status=403, outcome="denied"
-            )
-        domain = hosted_domain or email.rsplit("@", 1)[1].lower()
-        return Principal(email=email.lower(), subject=subject, domain=domain)
+            logger.warning("refused %s: hosted domain %r is not allowed", principal.email, hosted_domain)
+            raise DomainNotAllowed(principal)
+        return principal
 
     def _evict(self) -> None:
         now = time.time()

@@ -1,0 +1,114 @@
+"""The app factory and the lifespan that owns the gateway's shared resources."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway import __version__
+from gateway.audit import AuditWriter, open_sink
+from gateway.config import Settings
+from gateway.identity import IAPKeys, IAPVerifier
+from gateway.policy import AccessPolicy, AllowAll
+from gateway.pricing import PriceTable
+from gateway.proxy import GatewayEndpoint
+from gateway.upstreams.anthropic import AnthropicUpstream
+from gateway.upstreams.router import UpstreamRouter
+
+logger = logging.getLogger("gateway")
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class Gateway:
+    """Shared resources, created when the app starts and closed when it stops."""
+
+    client: httpx.AsyncClient
+    verifier: IAPVerifier
+    writer: AuditWriter
+    upstreams: UpstreamRouter
+    policy: AccessPolicy
+    prices: PriceTable
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        settings = self.settings
+        # Fail at start-up, not at the first request: a bad sink or price file is a configuration error.
+        self.prices = PriceTable.load(settings.pricing_file)
+        self.writer = AuditWriter(open_sink(settings.audit_sink), queue_size=settings.audit_queue_size)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=settings.upstream_connect_timeout,
+                read=settings.upstream_read_timeout,
+                write=settings.upstream_write_timeout,
+                pool=settings.upstream_pool_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.upstream_max_connections,
+                max_keepalive_connections=settings.upstream_max_connections,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        audiences = settings.iap_audience or ["/projects/dev/locations/local/services/claude-gateway"]
+        self.verifier = IAPVerifier(
+            IAPKeys(self.client, settings.iap_certs_url),
+            audiences,
+            allowed_domains=settings.allowed_domains,
+            clock_skew=settings.iap_clock_skew_seconds,
+        )
+        self.upstreams = UpstreamRouter(AnthropicUpstream(settings.upstream_url, settings.anthropic_api_key))
+        self.policy = AllowAll()
+        await self.writer.start()
+        logger.info(
+            "gateway %s started: upstream %s, audit sink %s", __version__, settings.upstream_url, self.writer.sink.name
+        )
+
+    async def aclose(self) -> None:
+        await self.policy.aclose()
+        await self.upstreams.aclose()
+        # Rows first: they must reach the sink before the process goes away.
+        await self.writer.aclose()
+        await self.client.aclose()
+        logger.info("gateway stopped: %s", self.writer.counters)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A gateway app; settings are read from the environment when not given."""
+    settings = settings or Settings()
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="Claude SSO gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.gateway = gateway
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    endpoint = GatewayEndpoint(gateway)
+    # Plain ASGI routes for the relay: FastAPI's request parsing would cost time and buffer nothing useful.
+    app.router.routes.append(Route("/{path:path}", endpoint=endpoint, methods=ALL_METHODS))
+    return app

@@ -1,0 +1,294 @@
+"""`claude-gateway`: run the gateway (`serve`), run it all on a laptop (`dev`), read the audit log (`audit`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import uvicorn
+from pydantic import ValidationError
+
+from gateway import __version__
+from gateway.config import Settings
+
+DEV_AUDIENCE = "/projects/000000000000/locations/local/services/claude-gateway"
+MOCK_PREFIX = "/_mock_anthropic"
+
+
+class CLIError(Exception):
+    """A problem the person at the terminal can fix, said in one line."""
+
+
+def say(text: str = "") -> None:
+    """The CLI's one way to write to the terminal."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise CLIError(f"invalid configuration: {reasons}") from None
+
+
+def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=log_level.lower(),
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        # Cloud Run allows 10 s after SIGTERM; leave time for the audit queue to drain.
+        timeout_graceful_shutdown=7,
+        lifespan="on",
+    )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CLIError(f"port {port} on {host} is already in use; pick another with --port") from None
+            raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+
+    overrides: dict[str, Any] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
+    if args.host is not None:
+        overrides["host"] = args.host
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level, structured=True, project=settings.google_cloud_project)
+    _check_port_free(settings.host, settings.port)
+    uvicorn.Server(_uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)).run()
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from gateway.app import create_app
+    from gateway.dev.iap import AssertionSigner, Identity, LocalIAP, fixed_identity
+    from gateway.dev.mock_upstream import create_mock_upstream
+    from gateway.logs import configure_logging
+
+    host, port = args.host, args.port
+    base = f"http://{host}:{port}"
+    signer = AssertionSigner()
+    probe = load_settings(dev_mode=True)
+    real_upstream = probe.anthropic_api_key is not None and not args.mock
+    settings = load_settings(
+        dev_mode=True,
+        iap_audience=[DEV_AUDIENCE],
+        iap_certs_url=f"{base}/_iap/public_key",
+        upstream_url=probe.upstream_url if real_upstream else base + MOCK_PREFIX,
+        audit_sink=f"sqlite:///{args.audit_db}",
+    )
+    configure_logging(settings.log_level, structured=False)
+    _check_port_free(host, port)
+
+    email = args.user
+    gateway_app = create_app(settings)
+    front = LocalIAP(
+        gateway_app,
+        signer=signer,
+        audience=DEV_AUDIENCE,
+        identify=fixed_identity(Identity(email=email, subject=f"dev:{email}", hd=email.rsplit("@", 1)[-1])),
+    )
+    mock = create_mock_upstream(delay=args.mock_delay)
+
+    async def stack(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(MOCK_PREFIX + "/"):
+            path = scope["path"][len(MOCK_PREFIX) :]
+            await mock({**scope, "path": path, "raw_path": path.encode()}, receive, send)
+        else:
+            await front(scope, receive, send)
+
+    server = uvicorn.Server(_uvicorn_config(stack, host, port, settings.log_level))
+    say(f"claude-gateway {__version__} (dev): local IAP stand-in signing in as {email}")
+    say(f"  gateway:  {base}  (IAP keys at {base}/_iap/public_key)")
+    say(f"  upstream: {'Anthropic API at ' + settings.upstream_url if real_upstream else 'built-in mock Anthropic'}")
+    say(f"  audit:    {args.audit_db}  (read it with: claude-gateway audit tail --db {args.audit_db})")
+    say(f"  Claude Code: ANTHROPIC_BASE_URL={base} ANTHROPIC_AUTH_TOKEN=dev claude")
+    say()
+
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        if not args.no_demo:
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.05)
+            if server.started:
+                try:
+                    await _demo(base, args.audit_db, settings.upstream_url if real_upstream else None)
+                except (httpx.HTTPError, OSError, ValueError) as exc:
+                    say(f"demo request failed: {exc}")
+        await serving
+
+    asyncio.run(main())
+    return 0
+
+
+async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
+    """One streamed request through the whole stack, printed as it arrives, then its audit row."""
+    from gateway.audit import query
+
+    model = "claude-haiku-4-5" if real_upstream else "claude-sonnet-4-5-20250929"
+    request = {
+        "model": model,
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Say hello to a new user of the Claude SSO gateway."}],
+    }
+    say(f"Demo: POST {base}/v1/messages (streaming) ...")
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+        async with client.stream(
+            "POST", f"{base}/v1/messages", json=request, headers={"anthropic-version": "2023-06-01"}
+        ) as response:
+            sys.stdout.write("  reply: ")
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and '"text_delta"' in line:
+                    sys.stdout.write(json.loads(line[6:])["delta"]["text"])
+                    sys.stdout.flush()
+                elif line.startswith("data: ") and '"error"' in line and response.status_code == 200:
+                    sys.stdout.write(f"\n  stream error: {line[6:]}")
+            if response.status_code != 200:
+                await response.aread()
+                sys.stdout.write(f"HTTP {response.status_code}: {response.text}")
+            say()
+    await asyncio.sleep(0.5)  # the audit writer flushes in the background, off the response path
+    rows = query.tail(audit_db, 1)
+    if rows:
+        say("  audit row:")
+        say(_format_row(rows[-1], indent="    "))
+    say("\nThe gateway keeps running; Ctrl-C stops it.")
+
+
+def _format_row(row: dict[str, Any], indent: str = "") -> str:
+    shown = {k: v for k, v in row.items() if v not in (None, "", "[]")}
+    return "\n".join(f"{indent}{key}: {value}" for key, value in shown.items())
+
+
+def _audit_db(args: argparse.Namespace) -> str:
+    from gateway.audit import query
+
+    sink = f"sqlite:///{args.db}" if args.db else load_settings(dev_mode=True).audit_sink
+    try:
+        return query.sqlite_path(sink)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    from gateway.audit import query
+
+    rows = query.tail(_audit_db(args), args.n)
+    if args.json:
+        for row in rows:
+            say(json.dumps(row, default=str))
+        return 0
+    if not rows:
+        say("no audit rows yet")
+    for row in rows:
+        tokens = f"in={row['input_tokens'] or 0} out={row['output_tokens'] or 0}"
+        cost = f"${row['cost_usd']:.6f}" if row["cost_usd"] is not None else "-"
+        say(
+            f"{row['timestamp']}  {row['user_email'] or '-':<28} {row['method']} {row['path']}  "
+            f"{row['status_code']} {row['outcome']:<17} {row['served_model'] or row['requested_model'] or '-'}  "
+            f"{tokens} {cost}  {row['request_id']}"
+        )
+    return 0
+
+
+def cmd_audit_summary(args: argparse.Namespace) -> int:
+    from gateway.audit import query
+
+    try:
+        rows = query.summary(_audit_db(args), args.by, args.since)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.json:
+        for row in rows:
+            say(json.dumps(row))
+        return 0
+    say(f"{args.by:<32} {'requests':>8} {'refused':>7} {'failed':>6} {'input':>10} {'output':>10} "
+        f"{'cache_w':>9} {'cache_r':>10} {'cost_usd':>11}")
+    for row in rows:
+        say(
+            f"{str(row['key']):<32} {row['requests']:>8} {row['refused']:>7} {row['failed']:>6} "
+            f"{row['input_tokens']:>10} {row['output_tokens']:>10} {row['cache_creation_input_tokens']:>9} "
+            f"{row['cache_read_input_tokens']:>10} {row['cost_usd']:>11.4f}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="claude-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway (settings from GATEWAY_* environment variables)")
+    serve.add_argument("--host", default=None, help="listen address (default 0.0.0.0, or GATEWAY_HOST)")
+    serve.add_argument("--port", type=int, default=None, help="listen port (default $PORT or 8080)")
+    serve.set_defaults(func=cmd_serve)
+
+    dev = commands.add_parser("dev", help="run gateway, local IAP stand-in and mock upstream on this machine")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+    dev.add_argument("--user", default="developer@example.com", help="who the local IAP says is calling")
+    dev.add_argument("--audit-db", default="gateway-audit.db", help="SQLite audit file")
+    dev.add_argument("--mock", action="store_true", help="use the mock upstream even if ANTHROPIC_API_KEY is set")
+    dev.add_argument("--mock-delay", type=float, default=0.03, help="seconds between mock text deltas")
+    dev.add_argument("--no-demo", action="store_true", help="skip the streamed demo request at start-up")
+    dev.set_defaults(func=cmd_dev)
+
+    audit = commands.add_parser("audit", help="read the local SQLite audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    tail = audit_commands.add_parser("tail", help="the newest audit rows")
+    tail.add_argument("-n", type=int, default=20, help="how many rows (default 20)")
+    tail.add_argument("--db", default=None, help="SQLite file (default: GATEWAY_AUDIT_SINK or gateway-audit.db)")
+    tail.add_argument("--json", action="store_true", help="one JSON object per row")
+    tail.set_defaults(func=cmd_audit_tail)
+    summary = audit_commands.add_parser("summary", help="requests, tokens and cost grouped")
+    summary.add_argument("--by", default="user", choices=["user", "model", "day", "outcome", "session"])
+    summary.add_argument("--since", default=None, help="only rows on or after this date (YYYY-MM-DD)")
+    summary.add_argument("--db", default=None, help="SQLite file (default: GATEWAY_AUDIT_SINK or gateway-audit.db)")
+    summary.add_argument("--json", action="store_true", help="one JSON object per group")
+    summary.set_defaults(func=cmd_audit_summary)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except CLIError as exc:
+        sys.stderr.write(f"claude-gateway: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,26 @@
+"""Log set-up: JSON lines Cloud Logging understands in production, plain lines on a laptop."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from google.cloud.logging.handlers import StructuredLogHandler
+
+
+def configure_logging(level: str = "INFO", *, structured: bool = True, project: str | None = None) -> None:
+    """Send the root logger's records to stdout as Cloud Logging JSON, or to stderr as text."""
+    handler: logging.Handler
+    if structured:
+        handler = StructuredLogHandler(project_id=project, stream=sys.stdout)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # The gateway writes its own access log with the audit fields; uvicorn's would be a second, poorer copy.
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)

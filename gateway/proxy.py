@@ -1,0 +1,401 @@
+"""The relay: authenticate, check policy, stream the upstream reply through unchanged, meter it, audit it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import orjson
+
+from gateway.audit.record import AuditRecord
+from gateway.errors import GatewayError, error_body
+from gateway.headers import canonical, client_response_headers, upstream_request_headers
+from gateway.identity import IAP_ASSERTION_HEADER, DomainNotAllowed
+from gateway.metering import JSONMeter, SSEMeter, Usage
+from gateway.policy import Admission, RequestFacts
+from gateway.upstreams import UpstreamCall
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+logger = logging.getLogger("gateway.proxy")
+access_logger = logging.getLogger("gateway.access")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+# Routes relayed upstream, and the method each takes. Anything else is answered by the gateway itself.
+RELAYED: dict[str, str] = {
+    "/v1/messages": "POST",
+    "/v1/messages/count_tokens": "POST",
+    "/v1/models": "GET",
+}
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+@dataclass(slots=True)
+class ParsedBody:
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+
+
+class _Response:
+    """Sends the response to the client, noting what the audit row needs (status, first byte, size)."""
+
+    __slots__ = ("_send", "_record", "_started_at", "started", "finished")
+
+    def __init__(self, send: Any, record: AuditRecord, started_at: float) -> None:
+        self._send = send
+        self._record = record
+        self._started_at = started_at
+        self.started = False
+        self.finished = False
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        self._record.status_code = status
+        headers.append((b"x-gateway-request-id", self._record.request_id.encode()))
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def body(self, chunk: bytes) -> None:
+        if self._record.ttfb_ms is None:
+            self._record.ttfb_ms = (time.perf_counter() - self._started_at) * 1000
+        self._record.response_bytes += len(chunk)
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        self.finished = True
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def error(self, error: GatewayError) -> None:
+        """A complete Anthropic-shaped error response."""
+        body = error_body(error.status, error.message, error.error_type)
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+        await self.start(error.status, headers)
+        await self.body(body)
+        await self.end()
+
+
+class GatewayEndpoint:
+    """The ASGI app behind every path except `/healthz`: one audit row per request, whatever happens."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        gateway = self._gateway
+        started_at = time.perf_counter()
+        record = _new_record(scope)
+        response = _Response(send, record, started_at)
+        try:
+            await self._handle(gateway, scope, receive, response, record)
+        except GatewayError as exc:
+            _note_error(record, exc.status, exc.outcome, exc.error_type, exc.message)
+            if not response.started:
+                await response.error(exc)
+        except Exception as exc:  # nothing may take the worker down or leave a request unaudited
+            logger.exception("unexpected error handling %s %s", record.method, record.path)
+            _note_error(record, 500, "gateway_error", "api_error", f"internal gateway error: {type(exc).__name__}")
+            if not response.started:
+                await response.error(GatewayError(500, "Internal gateway error.", outcome="gateway_error"))
+        finally:
+            record.duration_ms = (time.perf_counter() - started_at) * 1000
+            gateway.writer.submit(record)
+            if gateway.settings.access_log:
+                _log_access(record, gateway.settings.google_cloud_project)
+
+    async def _handle(
+        self, gateway: Gateway, scope: Scope, receive: Any, response: _Response, record: AuditRecord
+    ) -> None:
+        try:
+            principal = await gateway.verifier.verify(_assertion(scope["headers"]))
+        except DomainNotAllowed as exc:
+            _note_principal(record, exc.principal)
+            raise
+        _note_principal(record, principal)
+
+        path, method = record.path, record.method
+        expected_method = RELAYED.get(path)
+        if expected_method is None:
+            raise GatewayError(404, f"Not found: {method} {path}", outcome="not_found")
+        if method != expected_method:
+            raise GatewayError(
+                405,
+                f"Method {method} not allowed on {path}; use {expected_method}.",
+                outcome="bad_request",
+                headers={"allow": expected_method},
+            )
+
+        body = await _read_body(scope, receive, gateway.settings.max_body_bytes)
+        record.request_bytes = len(body)
+        parsed = _parse_body(scope, body) if method == "POST" else ParsedBody()
+        record.requested_model = parsed.model
+        record.stream = parsed.stream
+
+        facts = RequestFacts(
+            principal=principal, path=path, model=parsed.model, max_tokens=parsed.max_tokens, stream=parsed.stream
+        )
+        admission = await gateway.policy.admit(facts)
+        record.groups = list(admission.groups)
+        record.policy_rule = admission.rule
+
+        call = UpstreamCall(
+            method=method,
+            path=path,
+            query=scope.get("query_string", b""),
+            headers=upstream_request_headers(scope["headers"]),
+            body=body,
+            model=parsed.model,
+            stream=parsed.stream,
+        )
+        usage = Usage()
+        try:
+            usage = await self._relay(gateway, call, receive, response, record)
+        finally:
+            record.cost_usd = gateway.prices.cost(usage.model or parsed.model, usage)
+            await _settle(gateway, facts, admission, usage, record.cost_usd)
+
+    async def _relay(
+        self, gateway: Gateway, call: UpstreamCall, receive: Any, response: _Response, record: AuditRecord
+    ) -> Usage:
+        disconnected = False
+        scope = anyio.CancelScope()
+
+        async def watch_disconnect() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            scope.cancel()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        upstream_response: httpx.Response | None = None
+        meter: SSEMeter | JSONMeter = JSONMeter()
+        failure: GatewayError | None = None
+        try:
+            with scope:
+                try:
+                    result = await gateway.upstreams.open(gateway.client, call)
+                except httpx.TimeoutException as exc:
+                    raise _upstream_failure(504, "timed out", exc) from None
+                except httpx.HTTPError as exc:
+                    raise _upstream_failure(502, "could not be reached", exc) from None
+                upstream_response = result.response
+                record.upstream = result.upstream
+                record.attempts = result.attempts
+                record.upstream_request_id = upstream_response.headers.get("request-id")
+                if upstream_response.headers.get("content-type", "").startswith("text/event-stream"):
+                    meter = SSEMeter()
+                await response.start(
+                    upstream_response.status_code, client_response_headers(upstream_response.headers.raw)
+                )
+                try:
+                    async for chunk in upstream_response.aiter_raw():
+                        meter.feed(chunk)
+                        await response.body(chunk)
+                except httpx.HTTPError as exc:
+                    # Too late for a status code: tell a streaming client in its own protocol.
+                    failure = _upstream_failure(502, "failed mid-response", exc)
+                    if isinstance(meter, SSEMeter):
+                        await response.body(_sse_error(failure))
+        finally:
+            watcher.cancel()
+            if upstream_response is not None:
+                with anyio.CancelScope(shield=True):
+                    await upstream_response.aclose()
+            meter.finish()
+
+        usage = meter.usage
+        _note_usage(record, usage)
+        if disconnected:
+            record.outcome = "client_disconnect"
+            record.error_message = "client went away before the response was complete"
+            if not response.started:
+                record.status_code = 499
+        elif failure is not None:
+            _note_error(record, record.status_code, "upstream_error", failure.error_type, failure.message)
+            await response.end()
+        else:
+            if record.status_code >= 400 or usage.error_type:
+                record.outcome = "upstream_error"
+                record.error_type = usage.error_type
+                record.error_message = usage.error_message
+            await response.end()
+        return usage
+
+
+async def _settle(
+    gateway: Gateway, facts: RequestFacts, admission: Admission, usage: Usage, cost: float | None
+) -> None:
+    try:
+        await gateway.policy.settle(facts, admission, usage, cost)
+    except Exception:  # accounting trouble must not turn a served request into an error
+        logger.exception("policy settle failed")
+
+
+def _new_record(scope: Scope) -> AuditRecord:
+    record = AuditRecord(
+        request_id=str(uuid.uuid4()),
+        timestamp=datetime.now(UTC),
+        method=scope["method"],
+        path=scope["path"],
+    )
+    forwarded_for = None
+    for name, value in scope["headers"]:
+        # ASGI servers give lower-case names; only the exact spellings are read.
+        if name == b"user-agent":
+            record.user_agent = value.decode("latin-1")
+        elif name == b"x-claude-code-session-id":
+            record.session_id = value.decode("latin-1")
+        elif name == b"x-claude-code-agent-id":
+            record.agent_id = value.decode("latin-1")
+        elif name == b"x-claude-code-parent-agent-id":
+            record.parent_agent_id = value.decode("latin-1")
+        elif name == b"x-cloud-trace-context":
+            record.trace_id = value.decode("latin-1").split("/", 1)[0] or None
+        elif name == b"x-forwarded-for":
+            forwarded_for = value.decode("latin-1")
+    if forwarded_for:
+        # The last entry is the one Google's front end appended; earlier ones are the caller's to invent.
+        record.client_ip = forwarded_for.rsplit(",", 1)[-1].strip() or None
+    elif scope.get("client"):
+        record.client_ip = scope["client"][0]
+    return record
+
+
+def _assertion(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The one IAP assertion header; any other spelling, or a second copy, is refused."""
+    found: list[bytes] = []
+    for name, value in headers:
+        if name == IAP_ASSERTION_HEADER:
+            found.append(value)
+        elif canonical(name) == "x-goog-iap-jwt-assertion":
+            raise GatewayError(401, "Invalid IAP assertion (unexpected header spelling).", outcome="unauthenticated")
+    if len(found) > 1:
+        raise GatewayError(401, "Invalid IAP assertion (more than one).", outcome="unauthenticated")
+    return found[0].decode("latin-1") if found else None
+
+
+async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise GatewayError(400, "Invalid Content-Length header.", outcome="bad_request") from None
+            if declared > limit:
+                raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(499, "Client disconnected while sending the request.", outcome="client_disconnect")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    message = f"Request body is larger than the gateway's limit of {limit} bytes."
+    return GatewayError(413, message, outcome="bad_request")
+
+
+def _parse_body(scope: Scope, body: bytes) -> ParsedBody:
+    content_type = b""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value.split(b";", 1)[0].strip().lower()
+    if content_type != b"application/json":
+        shown = content_type.decode("latin-1") or "none"
+        raise GatewayError(415, f"Content-Type must be application/json, not {shown}.", outcome="bad_request")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"Request body is not valid JSON: {exc}", outcome="bad_request") from None
+    if not isinstance(data, dict):
+        raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
+    model = data.get("model")
+    max_tokens = data.get("max_tokens")
+    return ParsedBody(
+        model=model if isinstance(model, str) else None,
+        stream=data.get("stream") is True,
+        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+    )
+
+
+def _upstream_failure(status: int, what: str, exc: Exception) -> GatewayError:
+    detail = str(exc) or type(exc).__name__
+    return GatewayError(status, f"The upstream {what}: {detail}", outcome="upstream_error")
+
+
+def _sse_error(error: GatewayError) -> bytes:
+    return b"event: error\ndata: " + error_body(error.status, error.message, error.error_type) + b"\n\n"
+
+
+def _note_principal(record: AuditRecord, principal: Any) -> None:
+    record.user_email = principal.email
+    record.user_subject = principal.subject
+    record.user_domain = principal.domain
+
+
+def _note_error(record: AuditRecord, status: int, outcome: str, error_type: str | None, message: str) -> None:
+    record.status_code = status
+    record.outcome = outcome
+    record.error_type = error_type
+    record.error_message = message
+
+
+def _note_usage(record: AuditRecord, usage: Usage) -> None:
+    record.served_model = usage.model
+    record.message_id = usage.message_id
+    record.stop_reason = usage.stop_reason
+    record.input_tokens = usage.input_tokens
+    record.output_tokens = usage.output_tokens
+    record.cache_creation_input_tokens = usage.cache_creation_input_tokens
+    record.cache_read_input_tokens = usage.cache_read_input_tokens
+
+
+def _log_access(record: AuditRecord, project: str | None) -> None:
+    level = logging.INFO if record.status_code < 400 else logging.WARNING
+    if not access_logger.isEnabledFor(level):
+        return
+    extra: dict[str, Any] = {
+        "http_request": {
+            "requestMethod": record.method,
+            "requestUrl": record.path,
+            "status": record.status_code,
+            "latency": f"{(record.duration_ms or 0) / 1000:.6f}s",
+            "userAgent": record.user_agent,
+            "remoteIp": record.client_ip,
+            "requestSize": record.request_bytes,
+            "responseSize": record.response_bytes,
+        },
+        "json_fields": {
+            "request_id": record.request_id,
+            "user": record.user_email,
+            "outcome": record.outcome,
+            "model": record.served_model or record.requested_model,
+            "input_tokens": record.input_tokens,
+            "output_tokens": record.output_tokens,
+        },
+    }
+    if record.trace_id and project:
+        extra["trace"] = f"projects/{project}/traces/{record.trace_id}"
+    access_logger.log(
+        level, "%s %s %s %s", record.method, record.path, record.status_code, record.outcome, extra=extra
+    )
