@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import json
+import logging
 import socket
 import sys
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         audience=DEV_AUDIENCE,
         identify=fixed_identity(Identity(email=email, subject=f"dev:{email}", hd=email.rsplit("@", 1)[-1])),
     )
-    mock = create_mock_upstream(delay=args.mock_delay)
+    mock = create_mock_upstream(deltas=24, delay=args.mock_delay)
 
     async def stack(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(MOCK_PREFIX + "/"):
@@ -152,7 +153,7 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
     """One streamed request through the whole stack, printed as it arrives, then its audit row."""
     from gateway.audit import query
 
-    model = "claude-haiku-4-5" if real_upstream else "claude-sonnet-4-5-20250929"
+    model = "claude-haiku-4-5"
     request = {
         "model": model,
         "max_tokens": 64,
@@ -160,6 +161,9 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
         "messages": [{"role": "user", "content": "Say hello to a new user of the Claude SSO gateway."}],
     }
     say(f"Demo: POST {base}/v1/messages (streaming) ...")
+    # Keep the access log line from landing in the middle of the streamed reply.
+    access = logging.getLogger("gateway.access")
+    level, access.level = access.level, logging.WARNING
     async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
         async with client.stream(
             "POST", f"{base}/v1/messages", json=request, headers={"anthropic-version": "2023-06-01"}
@@ -176,6 +180,7 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
                 sys.stdout.write(f"HTTP {response.status_code}: {response.text}")
             say()
     await asyncio.sleep(0.5)  # the audit writer flushes in the background, off the response path
+    access.setLevel(level)
     rows = query.tail(audit_db, 1)
     if rows:
         say("  audit row:")

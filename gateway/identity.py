@@ -69,26 +69,29 @@ class IAPKeys:
         self._min_refetch_interval = min_refetch_interval
         self._keys: dict[str, str] = {}
         self._fetched_at = float("-inf")
-        self._attempted_at = float("-inf")
+        self._unknown_kid_fetched_at = float("-inf")
         self._lock = asyncio.Lock()
 
     async def for_kid(self, kid: str | None) -> Mapping[str, str]:
         """Keys that can verify a token with this kid, refetching if the kid is new or the keys are old."""
-        now = time.monotonic()
-        stale = now - self._fetched_at > self._max_age
+        stale = time.monotonic() - self._fetched_at > self._max_age
         if stale or (kid is not None and kid not in self._keys):
-            await self._refetch(force=stale)
+            await self._refetch(kid, stale=stale)
         return self._keys
 
-    async def _refetch(self, *, force: bool) -> None:
+    async def _refetch(self, kid: str | None, *, stale: bool) -> None:
         async with self._lock:
             now = time.monotonic()
-            # A flood of tokens with made-up kids must not turn into a flood of fetches.
-            if not force and now - self._attempted_at < self._min_refetch_interval:
-                return
-            if force and now - self._fetched_at <= self._max_age:
+            if stale and now - self._fetched_at <= self._max_age:
                 return  # another task refreshed while this one waited for the lock
-            self._attempted_at = now
+            if not stale:
+                if kid in self._keys:
+                    return
+                # A flood of tokens with made-up kids must not turn into a flood of fetches: after one
+                # fetch for an unknown kid, the next waits out the interval.
+                if now - self._unknown_kid_fetched_at < self._min_refetch_interval:
+                    return
+                self._unknown_kid_fetched_at = now
             try:
                 response = await self._client.get(self._url, timeout=10.0)
                 response.raise_for_status()

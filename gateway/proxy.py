@@ -68,7 +68,7 @@ class _Response:
 
     async def body(self, chunk: bytes) -> None:
         if self._record.ttfb_ms is None:
-            self._record.ttfb_ms = (time.perf_counter() - self._started_at) * 1000
+            self._record.ttfb_ms = round((time.perf_counter() - self._started_at) * 1000, 3)
         self._record.response_bytes += len(chunk)
         await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
@@ -109,7 +109,7 @@ class GatewayEndpoint:
             if not response.started:
                 await response.error(GatewayError(500, "Internal gateway error.", outcome="gateway_error"))
         finally:
-            record.duration_ms = (time.perf_counter() - started_at) * 1000
+            record.duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
             gateway.writer.submit(record)
             if gateway.settings.access_log:
                 _log_access(record, gateway.settings.google_cloud_project)

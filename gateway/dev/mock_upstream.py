@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 
-DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
 MODELS = [
     ("claude-opus-4-5-20251101", "Claude Opus 4.5"),
     ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
