@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import anyio.to_thread
 import httpx
@@ -145,7 +146,7 @@ class IAPVerifier:
             del self._verified[token]
 
         try:
-            header = google_jwt._unverified_decode(token)[0]
+            header = google_jwt._unverified_decode(token)[0]  # type: ignore[no-untyped-call]
         except (ValueError, google_exceptions.GoogleAuthError) as exc:
             raise self._refuse("malformed assertion", exc) from None
         if header.get("alg") != IAP_ALGORITHM:
@@ -164,11 +165,11 @@ class IAPVerifier:
         principal = self._principal(claims)
         if len(self._verified) >= self._cache_size:
             self._evict()
-        self._verified[token] = (principal, float(claims["exp"]))
+        self._verified[token] = (principal, float(cast(float, claims["exp"])))
         return principal
 
     def _decode(self, token: str, certs: dict[str, str]) -> Mapping[str, object]:
-        claims: Mapping[str, object] = google_jwt.decode(
+        claims: Mapping[str, object] = google_jwt.decode(  # type: ignore[no-untyped-call]
             token, certs=certs, audience=self._audiences, clock_skew_in_seconds=self._clock_skew
         )
         return claims

@@ -12,7 +12,7 @@ def configure_logging(level: str = "INFO", *, structured: bool = True, project: 
     """Send the root logger's records to stdout as Cloud Logging JSON, or to stderr as text."""
     handler: logging.Handler
     if structured:
-        handler = StructuredLogHandler(project_id=project, stream=sys.stdout)
+        handler = StructuredLogHandler(project_id=project, stream=sys.stdout)  # type: ignore[no-untyped-call]
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))

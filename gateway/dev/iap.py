@@ -75,7 +75,9 @@ class AssertionSigner:
         }
         if hd:
             payload["hd"] = hd
-        token: bytes = google_jwt.encode(self._signer, payload, header={"alg": "ES256"})
+        token: bytes = google_jwt.encode(  # type: ignore[no-untyped-call]
+            self._signer, payload, header={"alg": "ES256"}
+        )
         return token.decode()
 
 
