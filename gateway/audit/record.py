@@ -37,6 +37,7 @@ class AuditRecord:
     served_model: str | None = None
     upstream: str | None = None
     attempts: int = 0
+    upstream_failures: str | None = None
     stream: bool | None = None
     error_type: str | None = None
     error_message: str | None = None

@@ -34,6 +34,7 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("served_model", "STRING", "Model the upstream reports having served."),
     Column("upstream", "STRING", "Upstream that served the request (anthropic, vertex, ...)."),
     Column("attempts", "INT64", "Upstream attempts made (more than 1 after failover)."),
+    Column("upstream_failures", "STRING", "Why earlier attempts failed (upstream: reason; ...), when any did."),
     Column("stream", "BOOL", "Whether the client asked for a streamed reply."),
     Column("status_code", "INT64", "HTTP status returned to the client.", "REQUIRED"),
     Column(
