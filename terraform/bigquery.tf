@@ -1,0 +1,118 @@
+locals {
+  bigquery_location = coalesce(var.bigquery_location, var.region)
+  views_dir         = "${path.module}/../gateway/audit/views"
+  partition_days_ms = 24 * 60 * 60 * 1000
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Audit dataset and table: one row per gateway request. The gateway's account may write rows to this table and
+# nothing else; people read through the security views (below), not here.
+# ---------------------------------------------------------------------------------------------------------------------
+
+resource "google_bigquery_dataset" "audit" {
+  #checkov:skip=CKV_GCP_81:Google-managed encryption at rest; CMEK needs a key ring and a grant to the BigQuery service agent, an organisation-level choice left to the admin.
+  dataset_id                 = var.bigquery_dataset_id
+  friendly_name              = "Claude gateway audit"
+  description                = "Audit log of requests through ${var.name}: who, which model, tokens, cost, outcome."
+  location                   = local.bigquery_location
+  delete_contents_on_destroy = false
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_bigquery_table" "audit" {
+  #checkov:skip=CKV_GCP_80:Google-managed encryption at rest, as for the dataset (CKV_GCP_81).
+  dataset_id  = google_bigquery_dataset.audit.dataset_id
+  table_id    = var.audit_table_id
+  description = "One row per request through ${var.name}. Queries must filter on timestamp (partition filter required)."
+
+  # Generated from gateway.audit.schema.bigquery_schema_json(), the single source of truth; a test keeps them equal.
+  schema = file("${path.module}/audit_schema.json")
+
+  deletion_protection      = true
+  require_partition_filter = true
+
+  time_partitioning {
+    type          = "DAY"
+    field         = "timestamp"
+    expiration_ms = var.audit_retention_days > 0 ? var.audit_retention_days * local.partition_days_ms : null
+  }
+
+  # The columns reports filter and group by: per person, per model, per outcome.
+  clustering = ["user_email", "requested_model", "outcome"]
+}
+
+resource "google_bigquery_table_iam_member" "gateway_writes_audit" {
+  project    = var.project_id
+  dataset_id = google_bigquery_table.audit.dataset_id
+  table_id   = google_bigquery_table.audit.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = google_service_account.gateway.member
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Security views: one view per gateway/audit/views/*.sql, in a dataset of their own that the security team can
+# read. The views dataset is authorised on the audit dataset, so the views can read the table while their readers
+# cannot query the table directly. A new .sql file becomes a view on the next apply, with no Terraform change.
+# ---------------------------------------------------------------------------------------------------------------------
+
+resource "google_bigquery_dataset" "security" {
+  #checkov:skip=CKV_GCP_81:Holds only views, which store no data; encryption follows the audit dataset.
+  dataset_id                 = "${var.bigquery_dataset_id}_security"
+  friendly_name              = "Claude gateway security views"
+  description                = "Views over the ${var.name} audit table for the security team."
+  location                   = local.bigquery_location
+  delete_contents_on_destroy = false
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_bigquery_table" "security_views" {
+  #checkov:skip=CKV_GCP_80:A view stores no data to encrypt.
+  #checkov:skip=CKV_GCP_121:A view holds no data and is rebuilt from its .sql file; deletion protection would block renaming a file.
+  for_each = fileset(local.views_dir, "*.sql")
+
+  dataset_id          = google_bigquery_dataset.security.dataset_id
+  table_id            = trimsuffix(each.value, ".sql")
+  description         = "Generated from gateway/audit/views/${each.value}."
+  deletion_protection = false
+
+  view {
+    # Each file is a SELECT in which {audit_table} stands for the fully qualified, backquoted audit table.
+    query          = replace(file("${local.views_dir}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`")
+    use_legacy_sql = false
+  }
+}
+
+# Authorise the views dataset on the audit dataset: any view in it may read the audit table on its readers' behalf.
+# (dataset_access entries, not dataset IAM, on the audit dataset: dataset IAM resources can drop authorised views.)
+resource "google_bigquery_dataset_access" "security_views_read_audit" {
+  dataset_id = google_bigquery_dataset.audit.dataset_id
+
+  dataset {
+    dataset {
+      project_id = var.project_id
+      dataset_id = google_bigquery_dataset.security.dataset_id
+    }
+    target_types = ["VIEWS"]
+  }
+}
+
+resource "google_bigquery_dataset_access" "security_readers" {
+  for_each = toset(var.security_reader_groups)
+
+  dataset_id = google_bigquery_dataset.security.dataset_id
+  # READER is roles/bigquery.dataViewer in dataset-ACL terms; the API swaps the predefined name for it, which
+  # would leave a permanent diff.
+  role           = "READER"
+  group_by_email = each.value
+}
+
+# Running a query is a job in some project; the security team runs theirs here.
+resource "google_project_iam_member" "security_readers_run_queries" {
+  for_each = toset(var.security_reader_groups)
+
+  project = var.project_id
+  role    = "roles/bigquery.jobUser"
+  member  = "group:${each.value}"
+}

@@ -1,0 +1,404 @@
+# ---------------------------------------------------------------------------------------------------------------------
+# Project and naming
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "project_id" {
+  description = "Google Cloud project id to deploy into. The project must belong to an organisation (IAP on Cloud Run requires one)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "The project_id must be a Google Cloud project id: 6-30 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "Region for Cloud Run, Artifact Registry, Cloud Build and (optionally) Memorystore, e.g. europe-west1."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "The region must be a Google Cloud region name such as us-central1 or europe-west1."
+  }
+}
+
+variable "name" {
+  description = "Name of the Cloud Run service; also the gateway service account id and the prefix of every derived resource name."
+  type        = string
+  default     = "claude-gateway"
+
+  validation {
+    # 6-20 characters: a service account id needs at least 6, and "<name>-deployer" must stay within 30.
+    condition     = can(regex("^[a-z][a-z0-9-]{4,18}[a-z0-9]$", var.name))
+    error_message = "The name must be 6-20 lowercase letters, digits or hyphens, starting with a letter and not ending with a hyphen."
+  }
+}
+
+variable "labels" {
+  description = "Extra labels put on every resource that takes labels (merged over app and managed-by)."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Access: who may reach the gateway, and how the laptop shim authenticates
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "access_groups" {
+  description = "Workspace group emails granted roles/iap.httpsResourceAccessor on the gateway. Adding or removing a person from one of these groups is how access is granted and revoked."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for g in var.access_groups : can(regex("^[^@\\s:]+@[^@\\s:]+\\.[^@\\s:]+$", g))])
+    error_message = "Each access_groups entry must be a bare group email (no 'group:' prefix); allUsers and allAuthenticatedUsers are not accepted."
+  }
+}
+
+variable "access_users" {
+  description = "Individual user emails granted roles/iap.httpsResourceAccessor (exceptions; prefer access_groups)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for u in var.access_users : can(regex("^[^@\\s:]+@[^@\\s:]+\\.[^@\\s:]+$", u))])
+    error_message = "Each access_users entry must be a bare user email (no 'user:' prefix); allUsers and allAuthenticatedUsers are not accepted."
+  }
+}
+
+variable "allowed_domains" {
+  description = "Workspace domains the gateway itself accepts (GATEWAY_ALLOWED_DOMAINS), checked against the IAP assertion as a second line behind IAP. Empty: any domain IAP lets through."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for d in var.allowed_domains : can(regex("^[a-z0-9.-]+\\.[a-z]{2,}$", d))])
+    error_message = "Each allowed_domains entry must be a lowercase DNS domain such as example.com."
+  }
+}
+
+variable "oauth_desktop_client_id" {
+  description = "Client id of the Desktop OAuth client that claude-shim uses to get ID tokens; put in the IAP programmatic-access allowlist. Create it by hand (APIs & Services > Credentials > Desktop app)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9]+-[a-z0-9]+\\.apps\\.googleusercontent\\.com$", var.oauth_desktop_client_id))
+    error_message = "The oauth_desktop_client_id must look like 123456789-abc123.apps.googleusercontent.com."
+  }
+}
+
+variable "oauth_desktop_client_secret" {
+  description = "Secret of the Desktop OAuth client, only used to print the shim_configure_command output (Google treats desktop-client secrets as non-confidential, but it is kept sensitive). Null: the command shows a placeholder."
+  type        = string
+  default     = null
+  nullable    = true
+  sensitive   = true
+}
+
+variable "security_reader_groups" {
+  description = "Group emails (security team) granted read access to the security views dataset only, plus BigQuery job user to run queries. They get no access to the raw audit table."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for g in var.security_reader_groups : can(regex("^[^@\\s:]+@[^@\\s:]+\\.[^@\\s:]+$", g))])
+    error_message = "Each security_reader_groups entry must be a bare group email (no 'group:' prefix)."
+  }
+}
+
+variable "ingress" {
+  description = "Cloud Run ingress. INGRESS_TRAFFIC_ALL is required for laptops to reach the run.app URL (IAP guards it); use INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER only behind your own load balancer."
+  type        = string
+  default     = "INGRESS_TRAFFIC_ALL"
+
+  validation {
+    condition     = contains(["INGRESS_TRAFFIC_ALL", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER", "INGRESS_TRAFFIC_INTERNAL_ONLY"], var.ingress)
+    error_message = "The ingress must be INGRESS_TRAFFIC_ALL, INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER or INGRESS_TRAFFIC_INTERNAL_ONLY."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Upstream and gateway settings
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "upstream" {
+  description = "Where the gateway sends requests (GATEWAY_UPSTREAM): anthropic (API key from Secret Manager) or vertex (Claude on Vertex AI, as the gateway's service account)."
+  type        = string
+  default     = "anthropic"
+
+  validation {
+    condition     = contains(["anthropic", "vertex"], var.upstream)
+    error_message = "The upstream must be anthropic or vertex."
+  }
+}
+
+variable "vertex_project_id" {
+  description = "Project whose Vertex AI quota serves Claude when upstream is vertex (GATEWAY_VERTEX_PROJECT). Null: project_id."
+  type        = string
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = var.vertex_project_id == null || can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.vertex_project_id))
+    error_message = "The vertex_project_id must be null or a Google Cloud project id."
+  }
+}
+
+variable "vertex_region" {
+  description = "Vertex AI region for Claude when upstream is vertex (GATEWAY_VERTEX_REGION), e.g. global, us-east5 or europe-west1."
+  type        = string
+  default     = "global"
+
+  validation {
+    condition     = var.vertex_region == "global" || can(regex("^[a-z]+-[a-z]+[0-9]+$", var.vertex_region))
+    error_message = "The vertex_region must be global or a region name such as us-east5."
+  }
+}
+
+variable "anthropic_api_key_version" {
+  description = "Secret Manager version of the Anthropic API key the service reads. Pin a number (\"2\") to rotate deliberately: Cloud Run resolves the version when an instance starts."
+  type        = string
+  default     = "latest"
+
+  validation {
+    condition     = var.anthropic_api_key_version == "latest" || can(regex("^[1-9][0-9]*$", var.anthropic_api_key_version))
+    error_message = "The anthropic_api_key_version must be latest or a version number."
+  }
+}
+
+variable "policy_enabled" {
+  description = "Mount the policy secret as a file and point GATEWAY_POLICY_FILE at it. Turn on only after a version of the policy secret exists; off, the gateway lets every IAP-authorised user use every model."
+  type        = bool
+  default     = false
+}
+
+variable "extra_env" {
+  description = "Further GATEWAY_* settings for the container (e.g. GATEWAY_LOG_LEVEL). Never put secrets here: they would be readable in the service's configuration."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k in keys(var.extra_env) : can(regex("^GATEWAY_[A-Z0-9_]+$", k))])
+    error_message = "Each extra_env key must be a GATEWAY_* variable name."
+  }
+
+  validation {
+    condition = length(setintersection(keys(var.extra_env), [
+      "GATEWAY_IAP_AUDIENCE", "GATEWAY_ALLOWED_DOMAINS", "GATEWAY_AUDIT_SINK", "GATEWAY_ANTHROPIC_API_KEY",
+      "GATEWAY_UPSTREAM", "GATEWAY_VERTEX_PROJECT", "GATEWAY_VERTEX_REGION", "GATEWAY_POLICY_FILE",
+      "GATEWAY_REDIS_URL", "GATEWAY_PROJECT", "GATEWAY_DEV_MODE",
+    ])) == 0
+    error_message = "The extra_env map must not set a variable Terraform already manages, nor GATEWAY_DEV_MODE."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cloud Run sizing
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "image" {
+  description = "Container image for the first revision. Null: Google's sample container until Cloud Build deploys the gateway; Terraform ignores later image changes, which belong to Cloud Build."
+  type        = string
+  default     = null
+  nullable    = true
+}
+
+variable "min_instances" {
+  description = "Minimum Cloud Run instances. 1 avoids cold starts for the first request of the day (CPU is always allocated, so each warm instance is billed)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.min_instances >= 0 && var.min_instances <= 100
+    error_message = "The min_instances must be between 0 and 100."
+  }
+}
+
+variable "max_instances" {
+  description = "Maximum Cloud Run instances: the ceiling on spend and on concurrent upstream connections."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_instances >= 1 && var.max_instances <= 1000
+    error_message = "The max_instances must be between 1 and 1000."
+  }
+}
+
+variable "concurrency" {
+  description = "Requests one instance serves at once. Streams mostly wait on the upstream, so a high value is fine."
+  type        = number
+  default     = 80
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "The concurrency must be between 1 and 1000."
+  }
+}
+
+variable "cpu" {
+  description = "vCPUs per instance (Cloud Run limit string)."
+  type        = string
+  default     = "1"
+
+  validation {
+    condition     = contains(["1", "2", "4", "6", "8"], var.cpu)
+    error_message = "The cpu must be one of 1, 2, 4, 6 or 8."
+  }
+}
+
+variable "memory" {
+  description = "Memory per instance (Cloud Run limit string, e.g. 512Mi or 1Gi)."
+  type        = string
+  default     = "1Gi"
+
+  validation {
+    condition     = can(regex("^[0-9]+(Mi|Gi)$", var.memory))
+    error_message = "The memory must be a quantity such as 512Mi or 1Gi."
+  }
+}
+
+variable "request_timeout_seconds" {
+  description = "Cloud Run request timeout. Long Claude Code streams need more than the default 300 s; keep it above the gateway's upstream read timeout."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.request_timeout_seconds >= 60 && var.request_timeout_seconds <= 3600
+    error_message = "The request_timeout_seconds must be between 60 and 3600."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Refuse to destroy the Cloud Run service from Terraform (set false, apply, then destroy, to remove it deliberately)."
+  type        = bool
+  default     = true
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BigQuery audit
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "bigquery_location" {
+  description = "BigQuery location for the audit datasets (US, EU or a region). Null: the region variable. Cannot change after creation."
+  type        = string
+  default     = null
+  nullable    = true
+}
+
+variable "bigquery_dataset_id" {
+  description = "Dataset holding the audit table; the security views go to \"<dataset>_security\"."
+  type        = string
+  default     = "claude_gateway"
+
+  validation {
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1014}$", var.bigquery_dataset_id))
+    error_message = "The bigquery_dataset_id must be letters, digits and underscores, not starting with a digit."
+  }
+}
+
+variable "audit_table_id" {
+  description = "Name of the audit table (one row per gateway request)."
+  type        = string
+  default     = "requests"
+
+  validation {
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1023}$", var.audit_table_id))
+    error_message = "The audit_table_id must be letters, digits and underscores, not starting with a digit."
+  }
+}
+
+variable "audit_retention_days" {
+  description = "Days a daily audit partition is kept before BigQuery deletes it. 0 keeps rows forever."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.audit_retention_days >= 0 && floor(var.audit_retention_days) == var.audit_retention_days
+    error_message = "The audit_retention_days must be a whole number of days, 0 or more."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Artifact Registry
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "artifact_registry_repository_id" {
+  description = "Artifact Registry Docker repository for gateway images."
+  type        = string
+  default     = "claude-gateway"
+
+  validation {
+    condition     = can(regex("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", var.artifact_registry_repository_id))
+    error_message = "The artifact_registry_repository_id must be lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "keep_image_versions" {
+  description = "Most recent image versions Artifact Registry keeps; older ones are deleted by a cleanup policy."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.keep_image_versions >= 5
+    error_message = "The keep_image_versions must be at least 5, so a rollback target always remains."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Memorystore Redis for shared rate limits (optional)
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "redis_enabled" {
+  description = "Create a Memorystore Redis instance for rate limits shared across instances, reached through Direct VPC egress (GATEWAY_REDIS_URL). Off: each instance counts on its own."
+  type        = bool
+  default     = false
+}
+
+variable "redis_tier" {
+  description = "Memorystore tier: BASIC (one node) or STANDARD_HA (replicated, automatic failover)."
+  type        = string
+  default     = "BASIC"
+
+  validation {
+    condition     = contains(["BASIC", "STANDARD_HA"], var.redis_tier)
+    error_message = "The redis_tier must be BASIC or STANDARD_HA."
+  }
+}
+
+variable "redis_memory_size_gb" {
+  description = "Memorystore memory in GiB (rate-limit counters need very little)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.redis_memory_size_gb >= 1 && var.redis_memory_size_gb <= 300
+    error_message = "The redis_memory_size_gb must be between 1 and 300."
+  }
+}
+
+variable "vpc_network" {
+  description = "Existing VPC network (name or self link) for Direct VPC egress and Redis. Null with redis_enabled: a dedicated network is created. Set together with vpc_subnetwork."
+  type        = string
+  default     = null
+  nullable    = true
+}
+
+variable "vpc_subnetwork" {
+  description = "Existing subnetwork (name or self link) in the region for Direct VPC egress. Set together with vpc_network."
+  type        = string
+  default     = null
+  nullable    = true
+}
+
+variable "vpc_subnet_cidr" {
+  description = "Range of the subnetwork created for Direct VPC egress when vpc_network is null (at least a /26; Cloud Run takes addresses from it as it scales)."
+  type        = string
+  default     = "10.8.0.0/24"
+
+  validation {
+    condition     = can(cidrhost(var.vpc_subnet_cidr, 0)) && tonumber(split("/", var.vpc_subnet_cidr)[1]) <= 26
+    error_message = "The vpc_subnet_cidr must be an IPv4 CIDR range of /26 or larger."
+  }
+}
