@@ -74,13 +74,14 @@ def parse_id_token(token: str, *, audience: str, nonce: str | None = None, now: 
     )
 
 
-async def token_request(http: httpx.AsyncClient, url: str, form: str) -> dict[str, Any]:
+async def token_request(http: httpx.AsyncClient, url: str, form: str, *, timeout: float = 30.0) -> dict[str, Any]:
     """POST a form to Google's token endpoint and return the JSON, or raise a ShimError that says what to do."""
     try:
         response = await http.post(
             url,
             content=form,
             headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+            timeout=timeout,
         )
     except httpx.HTTPError as error:
         raise GoogleUnavailableError(f"Cannot reach Google's token service at {url}: {type(error).__name__}.") from None
@@ -177,7 +178,9 @@ class UserTokenProvider(TokenProvider):
         form = prepare_token_request(
             "refresh_token", refresh_token=login.refresh_token, client_id=client_id, client_secret=client_secret
         )
-        data = await token_request(self._http, self._settings.token_endpoint, form)
+        data = await token_request(
+            self._http, self._settings.token_endpoint, form, timeout=self._settings.google_timeout
+        )
         if not isinstance(data.get("id_token"), str):
             raise AuthError(f"Google returned no ID token: the sign-in lacks the `openid` scope; {LOGIN_HINT}.")
         token = parse_id_token(data["id_token"], audience=self.audience)

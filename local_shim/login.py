@@ -127,7 +127,7 @@ async def login(
         client_secret=client_secret,
     )
     async with _client(settings, http) as client:
-        data = await token_request(client, settings.token_endpoint, form)
+        data = await token_request(client, settings.token_endpoint, form, timeout=settings.google_timeout)
     if not isinstance(data.get("id_token"), str):
         raise LoginError("Google returned no ID token: the OAuth client must allow the `openid email` scopes.")
     id_token = parse_id_token(data["id_token"], audience=client_id, nonce=nonce)

@@ -31,6 +31,7 @@ HOP_BY_HOP = frozenset(
 # Claude Code's own credentials stop here: the gateway sees only the person's ID token.
 CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "proxy-authorization"})
 _DROPPED_REQUEST = HOP_BY_HOP | CALLER_CREDENTIALS | {"host", "content-length"}
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 SECRET_HINT = "start Claude Code with `claude-shim run -- claude`, or set ANTHROPIC_AUTH_TOKEN from `claude-shim env`"
 
 
@@ -120,7 +121,8 @@ class Forwarder:
         self.client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         for name in list(self.client.headers):
             del self.client.headers[name]  # carry the caller's headers, not httpx's defaults
-        self.provider = self._given_provider or build_provider(self.settings)
+        # One client for the gateway and Google's token endpoint: each TLS context costs start-up time.
+        self.provider = self._given_provider or build_provider(self.settings, http=self.client)
         try:
             yield
         finally:
@@ -198,8 +200,10 @@ class Forwarder:
             )
             logger.warning("%s", message)
             return _error(502, message)
-        if upstream.status_code in {401, 403} and not _is_gateway_error(await _read(upstream)):
-            return self._iap_refusal(upstream, token)
+        if upstream.status_code in {401, 403}:
+            if not _is_gateway_error(await _read(upstream)):
+                return self._iap_refusal(upstream, token)
+            return _buffered(upstream)
         return _Relay(upstream)
 
     def _iap_refusal(self, upstream: httpx.Response, token: IdToken) -> Response:
@@ -218,6 +222,16 @@ class Forwarder:
         return _error(upstream.status_code, message)
 
 
+def _buffered(upstream: httpx.Response) -> Response:
+    """A response already read whole (and so decoded), passed on as it is."""
+    response = Response(upstream.content, status_code=upstream.status_code)
+    dropped = HOP_BY_HOP | {"content-encoding", "content-length"}
+    response.raw_headers = [
+        (name, value) for name, value in upstream.headers.raw if name.lower().decode("latin-1") not in dropped
+    ] + [(b"content-length", str(len(upstream.content)).encode())]
+    return response
+
+
 async def _read(response: httpx.Response) -> httpx.Response:
     """Read a (small, refusal) response whole and release its connection."""
     try:
@@ -230,7 +244,9 @@ async def _read(response: httpx.Response) -> httpx.Response:
 def create_app(settings: ShimSettings, *, port: int, secret: str, provider: TokenProvider | None = None) -> Starlette:
     """The shim's ASGI app for a listener on `port`; every path and method is forwarded."""
     forwarder = Forwarder(settings, port=port, secret=secret, provider=provider)
-    return Starlette(routes=[Route("/{path:path}", forwarder.forward)], lifespan=forwarder.lifespan)
+    return Starlette(
+        routes=[Route("/{path:path}", forwarder.forward, methods=ALL_METHODS)], lifespan=forwarder.lifespan
+    )
 
 
 def bind_loopback(host: str, port: int) -> socket.socket:

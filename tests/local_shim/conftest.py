@@ -248,20 +248,22 @@ def run_shim(
 ) -> Iterator[str]:
     """The shim app under real uvicorn on a free loopback port, as `claude-shim serve` runs it."""
     sock = bind_loopback("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = make_server(create_app(settings, port=port, secret=secret, provider=provider), access_log=False)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("shim did not start")
-        time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        port = sock.getsockname()[1]
+        server = make_server(create_app(settings, port=port, secret=secret, provider=provider), access_log=False)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("shim did not start")
+            time.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(15)
     finally:
-        server.should_exit = True
-        thread.join(15)
         sock.close()
 
 
