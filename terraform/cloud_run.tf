@@ -43,7 +43,7 @@ resource "google_cloud_run_v2_service" "gateway" {
           secret       = google_secret_manager_secret.policy.secret_id
           default_mode = 292 # 0444: read-only for the non-root user the image runs as
           items {
-            version = "latest"
+            version = var.policy_version
             path    = "policy.yaml"
           }
         }

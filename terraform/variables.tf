@@ -167,6 +167,17 @@ variable "anthropic_api_key_version" {
   }
 }
 
+variable "policy_version" {
+  description = "Secret Manager version of the policy file mounted at GATEWAY_POLICY_FILE. Pin a number to roll a new policy out deliberately (a new revision reads it)."
+  type        = string
+  default     = "latest"
+
+  validation {
+    condition     = var.policy_version == "latest" || can(regex("^[1-9][0-9]*$", var.policy_version))
+    error_message = "The policy_version must be latest or a version number."
+  }
+}
+
 variable "policy_enabled" {
   description = "Mount the policy secret as a file and point GATEWAY_POLICY_FILE at it. Turn on only after a version of the policy secret exists; off, the gateway lets every IAP-authorised user use every model."
   type        = bool
