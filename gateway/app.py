@@ -15,11 +15,11 @@ from gateway import __version__
 from gateway.audit import AuditWriter, open_sink
 from gateway.config import Settings
 from gateway.identity import IAPKeys, IAPVerifier
-from gateway.policy import AccessPolicy, AllowAll
+from gateway.policy import AccessPolicy
+from gateway.policy.factory import open_policy
 from gateway.pricing import PriceTable
 from gateway.proxy import GatewayEndpoint
-from gateway.upstreams.configure import open_upstreams
-from gateway.upstreams.models import ModelTable
+from gateway.upstreams.anthropic import AnthropicUpstream
 from gateway.upstreams.router import UpstreamRouter
 
 logger = logging.getLogger("gateway")
@@ -34,7 +34,6 @@ class Gateway:
     verifier: IAPVerifier
     writer: AuditWriter
     upstreams: UpstreamRouter
-    models: ModelTable
     policy: AccessPolicy
     prices: PriceTable
 
@@ -45,7 +44,7 @@ class Gateway:
         settings = self.settings
         # Fail at start-up, not at the first request: a bad sink or price file is a configuration error.
         self.prices = PriceTable.load(settings.pricing_file)
-        self.models = ModelTable.load(settings.models)
+        self.policy = await open_policy(settings)
         self.writer = AuditWriter(open_sink(settings.audit_sink), queue_size=settings.audit_queue_size)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -68,14 +67,10 @@ class Gateway:
             allowed_domains=settings.allowed_domains,
             clock_skew=settings.iap_clock_skew_seconds,
         )
-        self.upstreams = await open_upstreams(settings, self.models)
-        self.policy = AllowAll()
+        self.upstreams = UpstreamRouter(AnthropicUpstream(settings.upstream_url, settings.anthropic_api_key))
         await self.writer.start()
         logger.info(
-            "gateway %s started: upstreams %s, audit sink %s",
-            __version__,
-            ", ".join(self.upstreams.names),
-            self.writer.sink.name,
+            "gateway %s started: upstream %s, audit sink %s", __version__, settings.upstream_url, self.writer.sink.name
         )
 
     async def aclose(self) -> None:

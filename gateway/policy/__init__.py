@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.policy.base import AccessPolicy, Admission, AllowAll, RequestFacts
+from gateway.policy.base import AccessPolicy, Admission, AllowAll, PolicyRefusal, RequestFacts
 
-__all__ = ["AccessPolicy", "Admission", "AllowAll", "RequestFacts"]
+__all__ = ["AccessPolicy", "Admission", "AllowAll", "PolicyRefusal", "RequestFacts"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.errors import GatewayError
 from gateway.identity import Principal
 from gateway.metering import Usage
 
@@ -26,6 +27,28 @@ class Admission:
 
     groups: list[str] = field(default_factory=list)
     rule: str | None = None
+    lease: str | None = None
+    """The request's id in the shared counters: its concurrency slot, and the key `settle` accounts under."""
+    counted: bool = False
+    """Whether `settle` adds the request's tokens and cost to the user's counters and gives back its slot."""
+
+
+class PolicyRefusal(GatewayError):
+    """A refusal by policy (403 `denied`, 429 `rate_limited`) that still names the groups and rule that applied."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        outcome: str,
+        groups: list[str] | None = None,
+        rule: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, message, outcome=outcome, headers=headers)
+        self.groups = groups or []
+        self.rule = rule
 
 
 class AccessPolicy(Protocol):

@@ -1,0 +1,223 @@
+"""Enforcement: the policy the proxy asks before each request (`admit`) and tells after it (`settle`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from gateway.identity import Principal
+from gateway.metering import Usage
+from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
+from gateway.policy.counters import MICROS, Counters, CountersUnavailable, Exceeded, Quota
+from gateway.policy.groups import GroupResolver
+from gateway.policy.model import Decision, Limits, ModelPattern, Policy, decide, format_value
+
+logger = logging.getLogger("gateway.policy")
+
+MESSAGES = "/v1/messages"
+# Paths that name a model in their body; `/v1/models` names none and is only checked for a rule.
+MODEL_PATHS = frozenset((MESSAGES, "/v1/messages/count_tokens"))
+CONCURRENCY_RETRY_AFTER = 2
+UNAVAILABLE_RETRY_AFTER = 5
+_UNCHECKED_LOG_INTERVAL = 10.0
+
+
+class GroupPolicy:
+    """Access by Workspace group: a rule per group (most generous wins), per-user overrides, a default rule.
+
+    Only `/v1/messages` is counted against rates, budgets and concurrency; `count_tokens` and `/v1/models` cost
+    nothing upstream, but still need a rule (and `count_tokens` an allowed model)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        groups: GroupResolver,
+        counters: Counters,
+        *,
+        fail_open: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self.groups = groups
+        self.counters = counters
+        self.fail_open = fail_open
+        self._clock = clock
+        self._unchecked = 0
+        self._unchecked_logged_at = float("-inf")
+        self._unpriced: set[str] = set()
+
+    async def start(self) -> None:
+        await self.groups.start()
+        await self.counters.start()
+
+    def decide(self, email: str) -> Decision:
+        """The groups, rules and effective limits for a person, as they stand now."""
+        return decide(self.policy, email, self.groups.groups_of(email.lower()))
+
+    def allowed_models(self, principal: Principal) -> tuple[ModelPattern, ...] | None:
+        """The model patterns a person may use (None: any), for the `/v1/models` listing."""
+        limits = self.decide(principal.email).limits
+        return () if limits is None else limits.models
+
+    async def admit(self, facts: RequestFacts) -> Admission:
+        email = facts.principal.email.lower()
+        decision = self.decide(email)
+        groups, rule = list(decision.groups), decision.rule
+        limits = decision.limits
+        if limits is None:
+            raise PolicyRefusal(
+                403,
+                f"{email} has no access to Claude through this gateway: none of your groups has a rule in the "
+                "access policy, and it has no default rule. Ask your administrator for access.",
+                outcome="denied",
+                groups=groups,
+            )
+        if facts.model is not None and facts.path in MODEL_PATHS and not limits.allows_model(facts.model):
+            raise PolicyRefusal(403, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
+                                rule=rule)
+        if facts.path != MESSAGES:
+            return Admission(groups=groups, rule=rule)
+        if limits.max_tokens is not None and facts.max_tokens is not None and facts.max_tokens > limits.max_tokens:
+            cap = limits.max_tokens
+            raise PolicyRefusal(
+                403,
+                f"max_tokens {facts.max_tokens} is more than the {cap} allowed for {email} "
+                f"(rule {limits.source['max_tokens']}). Ask for at most {cap}; in Claude Code, set "
+                f"CLAUDE_CODE_MAX_OUTPUT_TOKENS={cap}.",
+                outcome="denied",
+                groups=groups,
+                rule=rule,
+            )
+        if not limits.counted:
+            return Admission(groups=groups, rule=rule)
+
+        lease = uuid.uuid4().hex
+        now = self._clock()
+        try:
+            exceeded = await self.counters.acquire(email, lease, _quota(limits), now)
+        except CountersUnavailable as exc:
+            if not self.fail_open:
+                raise PolicyRefusal(
+                    429,
+                    "Usage limits cannot be checked right now (the gateway's shared counters are unreachable), so "
+                    "requests are refused for safety. Try again shortly; tell your administrator if it lasts.",
+                    outcome="rate_limited",
+                    groups=groups,
+                    rule=rule,
+                    headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER)},
+                ) from None
+            self._note_unchecked(exc)
+            return Admission(groups=groups, rule=rule, lease=lease, counted=True)
+        if exceeded is not None:
+            raise _refusal(exceeded, email, limits, now, groups, rule)
+        return Admission(groups=groups, rule=rule, lease=lease, counted=True)
+
+    async def settle(self, facts: RequestFacts, admission: Admission, usage: Usage, cost_usd: float | None) -> None:
+        if not admission.counted or admission.lease is None:
+            return
+        # Tokens as Anthropic counts them against its own rate limits: cache reads are left out.
+        tokens = (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (usage.output_tokens or 0)
+        micros = max(0, round(cost_usd * MICROS)) if cost_usd is not None else 0
+        model = usage.model or facts.model
+        if cost_usd is None and tokens and model not in self._unpriced:
+            self._unpriced.add(model or "")
+            logger.warning("policy: no price for model %s; its requests do not count toward budgets", model)
+        try:
+            await self.counters.settle(
+                facts.principal.email.lower(), admission.lease, self._clock(), tokens=tokens, micros=micros
+            )
+        except CountersUnavailable as exc:
+            logger.error(
+                "policy: usage of %s not counted (%d tokens, $%.6f): %s",
+                facts.principal.email, tokens, micros / MICROS, exc,
+            )
+
+    async def aclose(self) -> None:
+        await self.groups.aclose()
+        await self.counters.aclose()
+
+    def _note_unchecked(self, exc: CountersUnavailable) -> None:
+        self._unchecked += 1
+        now = time.monotonic()
+        if now - self._unchecked_logged_at >= _UNCHECKED_LOG_INTERVAL:
+            logger.error(
+                "policy: FAIL-OPEN: %d request(s) let through without checking rate limits, budgets or "
+                "concurrency, because the shared counters are unavailable (%s)", self._unchecked, exc,
+            )
+            self._unchecked = 0
+            self._unchecked_logged_at = now
+
+
+def _quota(limits: Limits) -> Quota:
+    def micros(amount: Decimal | None) -> int | None:
+        return None if amount is None else int(amount * MICROS)
+
+    return Quota(
+        requests_per_minute=limits.requests_per_minute,
+        tokens_per_minute=limits.tokens_per_minute,
+        daily_budget_micros=micros(limits.daily_budget_usd),
+        monthly_budget_micros=micros(limits.monthly_budget_usd),
+        max_concurrent_requests=limits.max_concurrent_requests,
+    )
+
+
+def _model_message(model: str, email: str, limits: Limits) -> str:
+    rule = limits.source["models"]
+    if not limits.models:
+        return f"No models are allowed for {email} (rule {rule})."
+    allowed = format_value("models", limits.models)
+    return (
+        f"Model {model} is not allowed for {email} (rule {rule}). Allowed: {allowed}. "
+        "In Claude Code, pick another with /model."
+    )
+
+
+def _refusal(
+    exceeded: Exceeded, email: str, limits: Limits, now: float, groups: list[str], rule: str | None
+) -> PolicyRefusal:
+    name = exceeded.limit
+    limit = getattr(limits, name)
+    source = limits.source.get(name, rule or "")
+    wait = max(1, math.ceil(exceeded.retry_at - now)) if exceeded.retry_at is not None else None
+    headers: dict[str, str] = {}
+    if name in ("daily_budget_usd", "monthly_budget_usd"):
+        period, spent_when = ("Daily", "today") if name == "daily_budget_usd" else ("Monthly", "this month")
+        resets = datetime.fromtimestamp(exceeded.retry_at or now, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        message = (
+            f"{period} budget of {format_value(name, limit)} used up for {email} (rule {source}): "
+            f"${exceeded.used / MICROS:,.2f} spent {spent_when}. It resets at {resets} (in {_duration(wait or 0)})."
+        )
+        # Retrying cannot help before the reset; tell Anthropic's SDKs (and so Claude Code) not to.
+        headers = {"retry-after": str(wait or 1), "x-should-retry": "false"}
+    elif name == "max_concurrent_requests":
+        message = (
+            f"Too many requests at once: at most {limit} at a time for {email} (rule {source}). "
+            "Try again when one finishes."
+        )
+        headers = {"retry-after": str(CONCURRENCY_RETRY_AFTER)}
+    else:
+        what = "requests" if name == "requests_per_minute" else "tokens (input + output)"
+        message = f"Rate limit reached: at most {limit} {what} per minute for {email} (rule {source})."
+        if name == "tokens_per_minute":
+            message += f" {exceeded.used} used in the last minute."
+        if wait is None:  # a limit of zero never frees up
+            headers = {"retry-after": "60", "x-should-retry": "false"}
+        else:
+            message += f" Try again in {wait} s."
+            headers = {"retry-after": str(wait)}
+    return PolicyRefusal(429, message, outcome="rate_limited", groups=groups, rule=rule, headers=headers)
+
+
+def _duration(seconds: int) -> str:
+    hours, minutes = divmod(math.ceil(seconds / 60), 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{max(minutes, 1)} min"

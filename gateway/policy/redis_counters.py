@@ -1,0 +1,267 @@
+"""Counters in Redis (Memorystore in production), shared by every instance: one Lua script per admission."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.policy.counters import (
+    WINDOW,
+    CountersUnavailable,
+    Exceeded,
+    Quota,
+    Snapshot,
+    day_ends,
+    day_of,
+    month_ends,
+    month_of,
+)
+
+logger = logging.getLogger("gateway.policy.counters")
+
+T = TypeVar("T")
+
+WINDOW_MS = int(WINDOW * 1000)
+# A request's concurrency slot lives this long unless renewed; the instance holding it renews it every third of
+# that, so a slot held by an instance that died frees itself within this time.
+LEASE_TTL_MS = 90_000
+DAY_TTL = 2 * 86_400 + 3_600
+MONTH_TTL = 40 * 86_400
+
+# KEYS: 1 admissions log, 2 tokens log, 3 spend today, 4 spend this month, 5 in-flight leases.
+# ARGV: 1 now (ms), 2 request id, 3 rpm, 4 tpm, 5 daily budget, 6 monthly budget (micro-dollars), 7 max in flight,
+#       8 lease ttl (ms). A limit of -1 is no limit.
+# Returns {} when admitted, else {limit, amount used, ms when it frees up or -1}. Checks first, writes after:
+# a refused request changes nothing.
+ACQUIRE = """
+local now = tonumber(ARGV[1])
+local since = now - 60000
+local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
+local day, month, inflight = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local function tokens_of(member) return tonumber(string.match(member, ':(%d+)$')) or 0 end
+
+if month >= 0 then
+  local spent = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if spent >= month then return {'monthly_budget_usd', spent, -1} end
+end
+if day >= 0 then
+  local spent = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if spent >= day then return {'daily_budget_usd', spent, -1} end
+end
+if tpm >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', since)
+  local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  local total = 0
+  for i = 1, #entries, 2 do total = total + tokens_of(entries[i]) end
+  if total >= tpm then
+    local left, free_at = total, -1
+    for i = 1, #entries, 2 do
+      left = left - tokens_of(entries[i])
+      if left < tpm then free_at = tonumber(entries[i + 1]) + 60000; break end
+    end
+    return {'tokens_per_minute', total, free_at}
+  end
+end
+if rpm >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', since)
+  local count = redis.call('ZCARD', KEYS[1])
+  if count >= rpm then
+    local free_at = -1
+    if rpm > 0 then
+      local entry = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+      free_at = tonumber(entry[2]) + 60000
+    end
+    return {'requests_per_minute', count, free_at}
+  end
+end
+if inflight >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  local count = redis.call('ZCARD', KEYS[5])
+  if count >= inflight then return {'max_concurrent_requests', count, -1} end
+end
+if rpm >= 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], 61000)
+end
+if inflight >= 0 then
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[2])
+  redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8]))
+end
+return {}
+"""
+
+
+class RedisCounters:
+    """Counters every instance shares. Each key carries a TTL, so nothing outlives its use.
+
+    Time is each instance's clock (Cloud Run instances are NTP-synchronised to well under the 60 s windows).
+    After a failure the store is not tried again for `cooldown` seconds, so an outage costs no request more
+    than one timeout."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "claude-gateway",
+        timeout: float = 0.5,
+        cooldown: float = 5.0,
+        lease_ttl_ms: int = LEASE_TTL_MS,
+    ) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            # One immediate retry covers a pooled connection the server closed; more would only add latency.
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=30,
+        )
+        self._acquire = self._redis.register_script(ACQUIRE)
+        self._prefix = prefix
+        self._cooldown = cooldown
+        self._lease_ttl_ms = lease_ttl_ms
+        self._down_until = 0.0
+        self._held: dict[str, str] = {}  # request id -> user, for renewing concurrency leases
+        self._renewer: asyncio.Task[None] | None = None
+        pool_kwargs = self._redis.connection_pool.connection_kwargs
+        self.where = f"{pool_kwargs.get('host', pool_kwargs.get('path', '?'))}:{pool_kwargs.get('port', '')}"
+
+    async def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_leases(), name="redis-lease-renewal")
+        try:
+            await self._call(self._redis.ping)
+            logger.info("policy counters: Redis at %s answers", self.where)
+        except CountersUnavailable:
+            pass  # logged by _call; the gateway starts anyway and keeps trying
+
+    def _keys(self, user: str, now: float) -> list[str]:
+        """The keys for one person, in the script's KEYS order (budget keys for the periods `now` is in)."""
+        # The braces make one hash slot per person, so the script's keys stay together on a Redis cluster.
+        base = f"{self._prefix}:{{{user}}}"
+        return [f"{base}:req", f"{base}:tok", f"{base}:usd:{day_of(now)}", f"{base}:usd:{month_of(now)}",
+                f"{base}:inflight"]
+
+    async def acquire(self, user: str, request_id: str, quota: Quota, now: float) -> Exceeded | None:
+        args: list[int | str] = [
+            int(now * 1000),
+            request_id,
+            _limit(quota.requests_per_minute),
+            _limit(quota.tokens_per_minute),
+            _limit(quota.daily_budget_micros),
+            _limit(quota.monthly_budget_micros),
+            _limit(quota.max_concurrent_requests),
+            self._lease_ttl_ms,
+        ]
+        keys = self._keys(user, now)
+        result: list[Any] = await self._call(lambda: self._acquire(keys=keys, args=args))
+        if not result:
+            if quota.max_concurrent_requests is not None:
+                self._held[request_id] = user
+            return None
+        limit = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+        used, free_at_ms = int(result[1]), int(result[2])
+        retry_at: float | None = free_at_ms / 1000 if free_at_ms >= 0 else None
+        if limit == "daily_budget_usd":
+            retry_at = day_ends(now).timestamp()
+        elif limit == "monthly_budget_usd":
+            retry_at = month_ends(now).timestamp()
+        return Exceeded(limit, used, retry_at)
+
+    async def settle(self, user: str, request_id: str, now: float, *, tokens: int, micros: int) -> None:
+        # Forget the lease first: if Redis is away it expires there on its own, and must not be renewed forever.
+        held = self._held.pop(request_id, None) is not None
+        if not (held or tokens > 0 or micros > 0):
+            return
+        requests_log, tokens_log, day, month, inflight = self._keys(user, now)
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if tokens > 0:
+                    pipe.zadd(tokens_log, {f"{request_id}:{tokens}": int(now * 1000)})
+                    pipe.pexpire(tokens_log, WINDOW_MS + 1000)
+                if micros > 0:
+                    pipe.incrby(day, micros)
+                    pipe.expire(day, DAY_TTL)
+                    pipe.incrby(month, micros)
+                    pipe.expire(month, MONTH_TTL)
+                if held:
+                    pipe.zrem(inflight, request_id)
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def snapshot(self, user: str, now: float) -> Snapshot:
+        requests_log, tokens_log, day, month, inflight = self._keys(user, now)
+        since = int(now * 1000) - WINDOW_MS
+
+        async def read() -> list[Any]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zcount(requests_log, f"({since}", "+inf")
+                pipe.zrangebyscore(tokens_log, f"({since}", "+inf")
+                pipe.get(day)
+                pipe.get(month)
+                pipe.zcount(inflight, f"({int(now * 1000)}", "+inf")
+                return list(await pipe.execute())
+
+        requests, token_entries, today, this_month, in_flight = await self._call(read)
+        return Snapshot(
+            requests_last_minute=int(requests),
+            tokens_last_minute=sum(int(entry.rsplit(b":", 1)[1]) for entry in token_entries),
+            spent_today_micros=int(today or 0),
+            spent_this_month_micros=int(this_month or 0),
+            in_flight=int(in_flight),
+        )
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await self._redis.aclose()
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if time.monotonic() < self._down_until:
+            raise CountersUnavailable(f"Redis at {self.where} did not answer a moment ago")
+        try:
+            return await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = time.monotonic() + self._cooldown
+            logger.error(
+                "policy counters: Redis at %s failed (%s: %s); not trying again for %.0f s",
+                self.where, type(exc).__name__, exc, self._cooldown,
+            )
+            raise CountersUnavailable(f"Redis at {self.where}: {exc}") from exc
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ttl_ms / 3000)
+            if not self._held:
+                continue
+            try:
+                await self._call(functools.partial(self._renew, list(self._held.items())))
+            except CountersUnavailable:
+                pass  # logged; the leases expire on their own if Redis stays away
+
+    async def _renew(self, held: list[tuple[str, str]]) -> None:
+        expires = int(time.time() * 1000) + self._lease_ttl_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, user in held:
+                inflight = self._keys(user, time.time())[4]
+                pipe.zadd(inflight, {request_id: expires}, xx=True)
+                pipe.pexpire(inflight, self._lease_ttl_ms)
+            await pipe.execute()
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
