@@ -19,7 +19,8 @@ from gateway.policy import AccessPolicy
 from gateway.policy.factory import open_policy
 from gateway.pricing import PriceTable
 from gateway.proxy import GatewayEndpoint
-from gateway.upstreams.anthropic import AnthropicUpstream
+from gateway.upstreams.configure import open_upstreams
+from gateway.upstreams.models import ModelTable
 from gateway.upstreams.router import UpstreamRouter
 
 logger = logging.getLogger("gateway")
@@ -34,6 +35,7 @@ class Gateway:
     verifier: IAPVerifier
     writer: AuditWriter
     upstreams: UpstreamRouter
+    models: ModelTable
     policy: AccessPolicy
     prices: PriceTable
 
@@ -45,6 +47,7 @@ class Gateway:
         # Fail at start-up, not at the first request: a bad sink or price file is a configuration error.
         self.prices = PriceTable.load(settings.pricing_file)
         self.policy = await open_policy(settings)
+        self.models = ModelTable.load(settings.models)
         self.writer = AuditWriter(open_sink(settings.audit_sink), queue_size=settings.audit_queue_size)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -67,10 +70,13 @@ class Gateway:
             allowed_domains=settings.allowed_domains,
             clock_skew=settings.iap_clock_skew_seconds,
         )
-        self.upstreams = UpstreamRouter(AnthropicUpstream(settings.upstream_url, settings.anthropic_api_key))
+        self.upstreams = await open_upstreams(settings, self.models)
         await self.writer.start()
         logger.info(
-            "gateway %s started: upstream %s, audit sink %s", __version__, settings.upstream_url, self.writer.sink.name
+            "gateway %s started: upstreams %s, audit sink %s",
+            __version__,
+            ", ".join(self.upstreams.names),
+            self.writer.sink.name,
         )
 
     async def aclose(self) -> None:

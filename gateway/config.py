@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.upstreams.vertex import DEFAULT_BETAS as VERTEX_BETAS
+
 IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
 ANTHROPIC_URL = "https://api.anthropic.com"
 
 CommaList = Annotated[list[str], NoDecode]
+_UPSTREAM_NAME = re.compile(r"^(anthropic|vertex(:[a-z0-9-]+)?)$")
 
 
 def _split_commas(value: object) -> object:
@@ -42,6 +46,25 @@ class Settings(BaseSettings):
     upstream_pool_timeout: float = 10.0
     upstream_max_connections: int = 512
 
+    upstream: CommaList = Field(default_factory=lambda: ["anthropic"])
+    """Upstreams in failover order: `anthropic`, `vertex`, or `vertex:REGION` for another Vertex AI region."""
+    vertex_project: str | None = None
+    """Project that calls Vertex AI; defaults to GOOGLE_CLOUD_PROJECT, then the credentials' own project."""
+    vertex_region: str = "global"
+    vertex_base_url: str | None = None
+    """Overrides Google's endpoint for every Vertex upstream (Private Service Connect, tests)."""
+    vertex_betas: CommaList = Field(default_factory=lambda: list(VERTEX_BETAS))
+    """`anthropic-beta` values passed to Vertex AI (others are dropped); `*` passes every one."""
+    models: dict[str, str | dict[str, str]] | None = Field(
+        default=None, validation_alias=AliasChoices("GATEWAY_MODELS", "GATEWAY_VERTEX_MODELS")
+    )
+    """The model table as JSON (Anthropic id -> Vertex id); replaces the packaged gateway/data/models.json."""
+    breaker_failures: int = Field(default=5, ge=0)
+    """Failures in a row that open an upstream's circuit; 0 never opens it."""
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    retry_after_max_seconds: float = Field(default=60.0, ge=0)
+    """The longest an upstream's `retry-after` keeps the gateway away from it."""
+
     audit_sink: str = "sqlite:///gateway-audit.db"
     audit_queue_size: int = Field(default=10_000, gt=0)
 
@@ -68,12 +91,26 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("GATEWAY_PROJECT", "GOOGLE_CLOUD_PROJECT")
     )
 
-    _split = field_validator("iap_audience", "allowed_domains", mode="before")(_split_commas)
+    _split = field_validator("iap_audience", "allowed_domains", "upstream", "vertex_betas", mode="before")(
+        _split_commas
+    )
 
     @field_validator("allowed_domains")
     @classmethod
     def _lower_domains(cls, value: list[str]) -> list[str]:
         return [domain.lower() for domain in value]
+
+    @field_validator("upstream")
+    @classmethod
+    def _known_upstreams(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("GATEWAY_UPSTREAM names no upstream")
+        for name in value:
+            if not _UPSTREAM_NAME.match(name):
+                raise ValueError(f"unknown upstream {name!r}: use anthropic, vertex or vertex:REGION")
+        if len(set(value)) != len(value):
+            raise ValueError(f"GATEWAY_UPSTREAM lists an upstream twice: {value}")
+        return value
 
     @field_validator("upstream_url")
     @classmethod

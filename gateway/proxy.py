@@ -20,7 +20,9 @@ from gateway.headers import canonical, client_response_headers, upstream_request
 from gateway.identity import IAP_ASSERTION_HEADER, DomainNotAllowed
 from gateway.metering import JSONMeter, SSEMeter, Usage
 from gateway.policy import Admission, PolicyRefusal, RequestFacts
-from gateway.upstreams import UpstreamCall
+from gateway.upstreams import UpstreamCall, UpstreamUnavailable
+from gateway.upstreams.models import models_listing
+from gateway.upstreams.vertex_protocol import match_vertex_path, with_anthropic_version
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -125,7 +127,8 @@ class GatewayEndpoint:
         _note_principal(record, principal)
 
         path, method = record.path, record.method
-        expected_method = RELAYED.get(path)
+        vertex = match_vertex_path(path)
+        expected_method = "POST" if vertex is not None else RELAYED.get(path)
         if expected_method is None:
             raise GatewayError(404, f"Not found: {method} {path}", outcome="not_found")
         if method != expected_method:
@@ -139,6 +142,12 @@ class GatewayEndpoint:
         body = await _read_body(scope, receive, gateway.settings.max_body_bytes)
         record.request_bytes = len(body)
         parsed = _parse_body(scope, body) if method == "POST" else ParsedBody()
+        query, headers = scope.get("query_string", b""), upstream_request_headers(scope["headers"])
+        if vertex is not None:
+            # A Vertex-protocol request becomes the same Anthropic request: any upstream serves it, one meter reads it.
+            body, parsed.model = vertex.anthropic_body(body, gateway.models)
+            parsed.stream = vertex.stream
+            path, query, headers = vertex.anthropic_path, b"", with_anthropic_version(headers)
         record.requested_model = parsed.model
         record.stream = parsed.stream
 
@@ -154,17 +163,15 @@ class GatewayEndpoint:
         record.policy_rule = admission.rule
 
         call = UpstreamCall(
-            method=method,
-            path=path,
-            query=scope.get("query_string", b""),
-            headers=upstream_request_headers(scope["headers"]),
-            body=body,
-            model=parsed.model,
-            stream=parsed.stream,
+            method=method, path=path, query=query, headers=headers, body=body, model=parsed.model, stream=parsed.stream
         )
         usage = Usage()
         try:
-            usage = await self._relay(gateway, call, receive, response, record)
+            if path == "/v1/models":
+                # Answered from the model table: Vertex has no such endpoint, and the list is per caller.
+                await _send_json(response, await models_listing(gateway.models, gateway.policy, principal))
+            else:
+                usage = await self._relay(gateway, call, receive, response, record)
         finally:
             record.cost_usd = gateway.prices.cost(usage.model or parsed.model, usage)
             await _settle(gateway, facts, admission, usage, record.cost_usd)
@@ -190,6 +197,10 @@ class GatewayEndpoint:
             with scope:
                 try:
                     result = await gateway.upstreams.open(gateway.client, call)
+                except UpstreamUnavailable as exc:
+                    record.upstream, record.attempts = exc.upstream, exc.attempts
+                    record.upstream_failures = "; ".join(exc.failures) or None
+                    raise _unavailable(exc) from None
                 except httpx.TimeoutException as exc:
                     raise _upstream_failure(504, "timed out", exc) from None
                 except httpx.HTTPError as exc:
@@ -197,6 +208,7 @@ class GatewayEndpoint:
                 upstream_response = result.response
                 record.upstream = result.upstream
                 record.attempts = result.attempts
+                record.upstream_failures = "; ".join(result.failures) or None
                 record.upstream_request_id = upstream_response.headers.get("request-id")
                 if upstream_response.headers.get("content-type", "").startswith("text/event-stream"):
                     meter = SSEMeter()
@@ -345,6 +357,19 @@ def _parse_body(scope: Scope, body: bytes) -> ParsedBody:
 def _upstream_failure(status: int, what: str, exc: Exception) -> GatewayError:
     detail = str(exc) or type(exc).__name__
     return GatewayError(status, f"The upstream {what}: {detail}", outcome="upstream_error")
+
+
+def _unavailable(exc: UpstreamUnavailable) -> GatewayError:
+    if exc.attempts == 0:  # every circuit open: fail fast, and say when to come back
+        retry_after = {"retry-after": str(int(exc.retry_after or 1))}
+        return GatewayError(503, exc.message, outcome="upstream_error", headers=retry_after)
+    return GatewayError(504 if exc.timed_out else 502, exc.message, outcome="upstream_error")
+
+
+async def _send_json(response: _Response, body: bytes) -> None:
+    await response.start(200, [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())])
+    await response.body(body)
+    await response.end()
 
 
 def _sse_error(error: GatewayError) -> bytes:
