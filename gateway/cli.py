@@ -1,4 +1,5 @@
-"""`claude-gateway`: run the gateway (`serve`), run it all on a laptop (`dev`), read the audit log (`audit`)."""
+"""`claude-gateway`: run the gateway (`serve`), run it all on a laptop (`dev`), read the audit log (`audit`),
+check the access policy (`policy`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.host is not None:
         overrides["host"] = args.host
     settings = load_settings(**overrides)
+    if settings.policy_file:
+        _load_policy(settings.policy_file)  # a bad file is refused here in one readable line, not in a traceback
     configure_logging(settings.log_level, structured=True, project=settings.google_cloud_project)
     _check_port_free(settings.host, settings.port)
     uvicorn.Server(_uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)).run()
@@ -246,6 +250,67 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_policy(path: str) -> Any:
+    from gateway.policy.loader import PolicyFileError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyFileError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_policy_validate(args: argparse.Namespace) -> int:
+    from gateway.policy.explain import summary
+
+    say(summary(_load_policy(args.file)))
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from gateway.policy.counters import CountersUnavailable
+    from gateway.policy.explain import explain
+    from gateway.policy.factory import counters, group_resolver
+    from gateway.policy.loader import PolicyFileError
+    from gateway.policy.model import decide
+
+    overrides: dict[str, Any] = {"dev_mode": True}
+    if args.resolver:
+        overrides["group_resolver"] = args.resolver
+    settings = load_settings(**overrides)
+    path = args.policy or settings.policy_file
+    if not path:
+        raise CLIError("no policy file: pass --policy FILE or set GATEWAY_POLICY_FILE")
+    policy = _load_policy(path)
+    email = args.user_email.strip().lower()
+    if email.count("@") != 1:
+        raise CLIError(f"{args.user_email!r} is not an email address")
+
+    async def run() -> list[str]:
+        try:
+            resolver = group_resolver(policy, settings)
+        except PolicyFileError as exc:
+            raise CLIError(str(exc)) from None
+        await resolver.start()
+        try:
+            decision = decide(policy, email, resolver.groups_of(email))
+            usage = None
+            if settings.redis_url is not None:
+                store = counters(settings)
+                try:
+                    usage = await store.snapshot(email, time.time())
+                except CountersUnavailable:
+                    pass  # explained without usage; the error is logged
+                finally:
+                    await store.aclose()
+            return explain(decision, resolver.source, usage)
+        finally:
+            await resolver.aclose()
+
+    for line in asyncio.run(run()):
+        say(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="claude-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -279,6 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--db", default=None, help="SQLite file (default: GATEWAY_AUDIT_SINK or gateway-audit.db)")
     summary.add_argument("--json", action="store_true", help="one JSON object per group")
     summary.set_defaults(func=cmd_audit_summary)
+
+    policy = commands.add_parser("policy", help="check the access policy file, and what it means for a person")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    validate = policy_commands.add_parser("validate", help="check a policy file; errors name the file and line")
+    validate.add_argument("file", help="the policy YAML file")
+    validate.set_defaults(func=cmd_policy_validate)
+    explain = policy_commands.add_parser("explain", help="a person's groups and effective limits, and why")
+    explain.add_argument("user_email", metavar="USER_EMAIL")
+    explain.add_argument("--policy", default=None, help="policy file (default: GATEWAY_POLICY_FILE)")
+    explain.add_argument(
+        "--resolver", choices=["cloud_identity", "static"], default=None,
+        help="where group membership comes from (default: GATEWAY_GROUP_RESOLVER, else cloud_identity)",
+    )
+    explain.set_defaults(func=cmd_policy_explain)
     return parser
 
 

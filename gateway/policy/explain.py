@@ -1,0 +1,56 @@
+"""`policy explain` and `policy validate` in words: a person's groups, effective limits and why; a file's summary."""
+
+from __future__ import annotations
+
+from gateway.policy.counters import MICROS, Snapshot
+from gateway.policy.model import LIMIT_FIELDS, Decision, Policy, format_value
+
+
+def summary(policy: Policy) -> str:
+    """One line saying what a valid policy file holds."""
+    parts = [
+        "a default rule" if policy.default else "no default rule (people in none of its groups are refused)",
+        _count(len(policy.groups), "group rule"),
+        _count(len(policy.users), "user override"),
+    ]
+    if policy.members is not None:
+        parts.append(f"static members for {_count(len(policy.members), 'group')}")
+    return f"{policy.source}: valid: " + ", ".join(parts)
+
+
+def explain(decision: Decision, source: str, usage: Snapshot | None = None) -> list[str]:
+    """Lines for a person: their groups (and where that came from), the rules that apply, each limit and why."""
+    lines = [decision.email]
+    groups = ", ".join(decision.groups) or "none of the policy's groups"
+    lines.append(f"  groups:  {groups}  (from {source})")
+    limits = decision.limits
+    if limits is None:
+        lines.append("  rule:    none, and the policy has no default rule: every request is refused (403 denied)")
+        return lines
+    group_rules = [rule for rule in decision.rules if not rule.startswith("user:")]
+    override = [rule for rule in decision.rules if rule.startswith("user:")]
+    if group_rules == ["default"]:
+        applied = "default (in none of the groups the policy has rules for)"
+    elif len(group_rules) > 1:
+        applied = ", ".join(group_rules) + " (the most generous value of each limit wins)"
+    else:
+        applied = ", ".join(group_rules)
+    if override:
+        applied = f"{override[0]} override on top of {applied}" if group_rules else f"{override[0]} only"
+    lines.append(f"  rules:   {applied}")
+    lines.append("  limits:")
+    for name in ("models", *LIMIT_FIELDS):
+        value = format_value(name, getattr(limits, name))
+        lines.append(f"    {name:<24} {value:<28} {limits.why.get(name, '')}".rstrip())
+    if usage is not None:
+        lines.append("  usage now (shared counters):")
+        lines.append(f"    requests in the last minute  {usage.requests_last_minute}")
+        lines.append(f"    tokens in the last minute    {usage.tokens_last_minute}")
+        lines.append(f"    spent today (UTC)            ${usage.spent_today_micros / MICROS:,.4f}")
+        lines.append(f"    spent this month (UTC)       ${usage.spent_this_month_micros / MICROS:,.4f}")
+        lines.append(f"    requests in flight           {usage.in_flight}")
+    return lines
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
