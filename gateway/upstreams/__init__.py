@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.upstreams.base import Upstream, UpstreamCall, UpstreamResult
+from gateway.upstreams.base import Upstream, UpstreamCall, UpstreamError, UpstreamResult, UpstreamUnavailable
 
-__all__ = ["Upstream", "UpstreamCall", "UpstreamResult"]
+__all__ = ["Upstream", "UpstreamCall", "UpstreamError", "UpstreamResult", "UpstreamUnavailable"]

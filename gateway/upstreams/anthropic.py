@@ -25,3 +25,8 @@ class AnthropicUpstream:
             call.method, url, headers=call.headers + self._key_header, content=call.body or None
         )
 
+    def anthropic_error(self, status: int, body: bytes) -> bytes | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -1,22 +1,208 @@
-"""Opens the upstream response for a call."""
+"""Opens the upstream response for a call, failing over between upstreams before the first byte is relayed.
+
+An attempt fails over on a connection failure, 429, 529 or any 5xx; any other answer (2xx, a 4xx the caller
+caused) is returned as it is. An error response that ends up relayed is read into memory first (it is small),
+so a failed attempt never holds a connection and Google's error shape can be rewritten into Anthropic's.
+
+`retry-after` is honoured by skipping, never by sleeping: the upstream that sent it (429, 529 or 503) is held
+back, capped at `retry_after_max`, and the call moves straight on to the next upstream. A held upstream is still
+tried last when nothing else is left, so one upstream alone behaves as without failover: its answer, and its
+`retry-after`, reach the client, whose own retries wait. Sleeping here would hold the client's connection and
+multiply the load the upstream asked to shed.
+
+Each upstream has a circuit breaker: `breaker_failures` failures in a row (connection failures, 5xx, 529; not
+429, which is a quota answer from a working upstream) open it for `breaker_cooldown` seconds, during which calls
+skip it; then one trial call decides. When every circuit is open the call fails fast with 503 and `retry-after`.
+"""
 
 from __future__ import annotations
 
-import httpx
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
 
-from gateway.upstreams.base import Upstream, UpstreamCall, UpstreamResult
+import httpx
+import orjson
+
+from gateway.upstreams.base import Upstream, UpstreamCall, UpstreamError, UpstreamResult, UpstreamUnavailable
+from gateway.upstreams.breaker import CircuitBreaker, parse_retry_after
+
+logger = logging.getLogger("gateway.upstreams")
+
+FAILOVER_STATUSES = frozenset({429, 529}) | frozenset(range(500, 600))
+_HOLD_STATUSES = frozenset({429, 503, 529})
+# Error bodies are a few hundred bytes; a larger one is cut rather than held in memory whole.
+ERROR_BODY_LIMIT = 64 * 1024
+_DROPPED_FROM_BUFFERED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding"})
 
 
 class UpstreamRouter:
-    """Sends each call to the configured upstream and returns the response with its body unread."""
+    """Sends each call to the first upstream able to take it, in the configured order."""
 
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
+    def __init__(
+        self,
+        upstreams: Upstream | Sequence[Upstream],
+        *,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 30.0,
+        retry_after_max: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.upstreams: list[Upstream] = [upstreams] if not isinstance(upstreams, Sequence) else list(upstreams)
+        if not self.upstreams:
+            raise ValueError("at least one upstream is needed")
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique: {names}")
+        self.breakers = {u.name: CircuitBreaker(breaker_failures, breaker_cooldown, clock) for u in self.upstreams}
+        self.retry_after_max = retry_after_max
+
+    @property
+    def names(self) -> list[str]:
+        return [u.name for u in self.upstreams]
 
     async def open(self, client: httpx.AsyncClient, call: UpstreamCall) -> UpstreamResult:
-        request = await self.upstream.build_request(client, call)
+        """The first usable response; the last failed one when every upstream failed with a status."""
+        failures: list[str] = []
+        attempts = 0
+        answered: tuple[UpstreamResult, int] | None = None  # the last failed answer, and its entry in failures
+        timed_out = False
+        last_tried: str | None = None
+        # Held upstreams go last, soonest free first: worth trying only when nothing else answered.
+        held = sorted(
+            (u for u in self.upstreams if self.breakers[u.name].held_for() > 0),
+            key=lambda u: self.breakers[u.name].held_for(),
+        )
+        order = [u for u in self.upstreams if u not in held] + held
+        for upstream in order:
+            breaker = self.breakers[upstream.name]
+            if not breaker.allow():
+                failures.append(f"{upstream.name}: circuit open, skipped")
+                continue
+            attempts += 1
+            last_tried = upstream.name
+            try:
+                result, error_body = await self._attempt(client, upstream, call)
+            except (httpx.TransportError, UpstreamError) as exc:
+                reason = _describe(exc)
+                timed_out = isinstance(exc, httpx.TimeoutException)
+                self._failed(upstream, breaker, reason)
+                failures.append(f"{upstream.name}: {reason}")
+                continue
+            except BaseException:
+                breaker.release()  # cancelled (the client left) or the caller's error: no verdict on the upstream
+                raise
+            status = result.response.status_code
+            if status not in FAILOVER_STATUSES:
+                if breaker.success():
+                    logger.warning("upstream %s answered again: circuit closed", upstream.name)
+                result.attempts, result.failures = attempts, failures
+                return result
+            reason = f"HTTP {status}{_error_detail(error_body)}"
+            retry_after = parse_retry_after(result.response.headers.get("retry-after"))
+            if status == 429:
+                breaker.release()
+                logger.warning("upstream %s: %s", upstream.name, reason)
+            else:
+                self._failed(upstream, breaker, reason)
+            if retry_after is not None and status in _HOLD_STATUSES:
+                breaker.hold(min(retry_after, self.retry_after_max))
+            answered = (result, len(failures))
+            failures.append(f"{upstream.name}: {reason}")
+        if answered is not None:
+            # Every upstream failed and one answered: relay that answer (and its retry-after) as the upstream's.
+            result, index = answered
+            result.attempts, result.failures = attempts, failures[:index] + failures[index + 1 :]
+            return result
+        raise self._unavailable(attempts, failures, timed_out, last_tried)
+
+    async def _attempt(
+        self, client: httpx.AsyncClient, upstream: Upstream, call: UpstreamCall
+    ) -> tuple[UpstreamResult, bytes]:
+        request = await upstream.build_request(client, call)
         response = await client.send(request, stream=True)
-        return UpstreamResult(response=response, upstream=self.upstream.name)
+        if response.status_code < 400:
+            return UpstreamResult(response=response, upstream=upstream.name), b""
+        response, body = await _buffered(response, upstream)
+        return UpstreamResult(response=response, upstream=upstream.name), body
+
+    def _failed(self, upstream: Upstream, breaker: CircuitBreaker, reason: str) -> None:
+        if breaker.failure():
+            logger.error(
+                "upstream %s: circuit opened for %.0fs, last failure: %s", upstream.name, breaker.cooldown, reason
+            )
+        else:
+            logger.warning("upstream %s failed: %s", upstream.name, reason)
+
+    def _unavailable(
+        self, attempts: int, failures: list[str], timed_out: bool, last_tried: str | None
+    ) -> UpstreamUnavailable:
+        if attempts == 0:
+            wait = min(b.retry_in() for b in self.breakers.values())
+            return UpstreamUnavailable(
+                "Every upstream is failing, so the gateway is not sending to them for now: " + "; ".join(failures),
+                attempts=0,
+                failures=failures,
+                upstream=None,
+                retry_after=max(1.0, math.ceil(wait)),
+            )
+        what = "timed out" if timed_out else "could not be reached"
+        return UpstreamUnavailable(
+            f"The upstream {what}: {failures[-1]}",
+            attempts=attempts,
+            failures=failures[:-1],
+            upstream=last_tried,
+            timed_out=timed_out,
+        )
 
     async def aclose(self) -> None:
-        return None
+        for upstream in self.upstreams:
+            try:
+                await upstream.aclose()
+            except Exception:  # closing one must not stop the others
+                logger.exception("closing upstream %s failed", upstream.name)
+
+
+async def _buffered(response: httpx.Response, upstream: Upstream) -> tuple[httpx.Response, bytes]:
+    """The error response read into memory and closed, with its body in Anthropic's shape."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= ERROR_BODY_LIMIT:
+                break
+    finally:
+        await response.aclose()
+    body = b"".join(chunks)[:ERROR_BODY_LIMIT]
+    body = upstream.anthropic_error(response.status_code, body) or body
+    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _DROPPED_FROM_BUFFERED]
+    headers.append((b"content-length", str(len(body)).encode()))
+    # A stream, not `content=`: httpx reads `content` at once, and the proxy relays with `aiter_raw`.
+    buffered = httpx.Response(
+        response.status_code, headers=headers, stream=httpx.ByteStream(body), request=response.request
+    )
+    return buffered, body
+
+
+def _error_detail(body: bytes) -> str:
+    """` overloaded_error: Overloaded` from an Anthropic-shaped error body, or nothing."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    parts = [str(error[k])[:200] for k in ("type", "message") if isinstance(error.get(k), str)]
+    return (" " + ": ".join(parts)) if parts else ""
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, UpstreamError):
+        return str(exc)
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    detail = str(exc) or type(exc).__name__
+    return f"{kind} ({type(exc).__name__}): {detail}"[:300]
