@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt
 from google.auth import jwt as google_jwt
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -192,6 +193,46 @@ class FakeGoogle:
 @pytest.fixture
 def google(google_key: GoogleKey) -> FakeGoogle:
     return FakeGoogle(google_key)
+
+
+class FakeIAP:
+    """IAP's programmatic access: a bearer ID token from an allowed client, or 401; a person not allowed, 403."""
+
+    def __init__(self, app: Any, key: GoogleKey) -> None:
+        self.app = app
+        self.key = key
+        self.seen: list[Headers] = []
+        self.tokens: list[str] = []
+        self.reject_next = 0
+        self.denied: set[str] = set()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        self.seen.append(headers)
+        credential = headers.get("proxy-authorization") or headers.get("authorization") or ""
+        token = credential.removeprefix("Bearer ")
+        self.tokens.append(token)
+        try:
+            claims = self.key.verify(token, audience=CLIENT_ID)
+            if self.reject_next:
+                self.reject_next -= 1
+                raise ValueError("Token has been revoked")
+        except ValueError as error:
+            await _plain(send, 401, f"Invalid IAP credentials: {error}")
+            return
+        if claims["email"] in self.denied:
+            await _plain(send, 403, "You don't have access. Please contact your administrator.")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _plain(send: Any, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/html")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class MemoryKeyring(keyring.backend.KeyringBackend):

@@ -13,58 +13,17 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from starlette.datastructures import Headers
 
 from local_shim.cli import main
 from local_shim.config import ShimSettings
 from local_shim.errors import ConfigError
 from local_shim.server import bind_loopback
 from local_shim.store import StoredLogin, TokenStore
-from tests.local_shim.conftest import CLIENT_ID, FakeGoogle, GoogleKey, json_of, run_shim, shim_settings
+from tests.local_shim.conftest import CLIENT_ID, FakeGoogle, FakeIAP, GoogleKey, json_of, run_shim, shim_settings
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
 from tests.support.servers import FakeUpstream, Reply, serve
 
 SECRET = "local-secret-for-tests"
-
-
-class FakeIAP:
-    """IAP's programmatic access: a bearer ID token from an allowed client, or 401; a person not allowed, 403."""
-
-    def __init__(self, app: Any, key: GoogleKey) -> None:
-        self.app = app
-        self.key = key
-        self.seen: list[Headers] = []
-        self.tokens: list[str] = []
-        self.reject_next = 0
-        self.denied: set[str] = set()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        self.seen.append(headers)
-        credential = headers.get("proxy-authorization") or headers.get("authorization") or ""
-        token = credential.removeprefix("Bearer ")
-        self.tokens.append(token)
-        try:
-            claims = self.key.verify(token, audience=CLIENT_ID)
-            if self.reject_next:
-                self.reject_next -= 1
-                raise ValueError("Token has been revoked")
-        except ValueError as error:
-            await _plain(send, 401, f"Invalid IAP credentials: {error}")
-            return
-        if claims["email"] in self.denied:
-            await _plain(send, 403, "You don't have access. Please contact your administrator.")
-            return
-        await self.app(scope, receive, send)
-
-
-async def _plain(send: Any, status: int, text: str) -> None:
-    body = text.encode()
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/html")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 @dataclass
