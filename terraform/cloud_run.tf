@@ -83,7 +83,7 @@ resource "google_cloud_run_v2_service" "gateway" {
       }
       env {
         name  = "GATEWAY_UPSTREAM"
-        value = var.upstream
+        value = join(",", var.upstream)
       }
 
       dynamic "env" {
@@ -95,7 +95,7 @@ resource "google_cloud_run_v2_service" "gateway" {
       }
 
       dynamic "env" {
-        for_each = var.upstream == "anthropic" ? [1] : []
+        for_each = local.use_anthropic ? [1] : []
         content {
           name = "GATEWAY_ANTHROPIC_API_KEY"
           # A reference, resolved by Cloud Run when an instance starts: the key is never in Terraform or its state.

@@ -3,7 +3,7 @@
 #   - write rows to the audit table (bigquery.tf: table-level dataEditor)
 #   - read the Anthropic key and the policy (secrets.tf: accessor on those two secrets)
 #   - write logs (project; Cloud Logging has no narrower grant for writing)
-#   - call Claude on Vertex AI, only when upstream = vertex
+#   - call Claude on Vertex AI, only when var.upstream includes vertex
 # Reading Workspace group memberships is not an IAM role: an admin gives this account the Groups Reader admin
 # role in the Admin console (docs/admin-guide.md, "Let the gateway read groups").
 # ---------------------------------------------------------------------------------------------------------------------

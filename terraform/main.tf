@@ -18,7 +18,8 @@ locals {
   labels = merge({ app = var.name, managed-by = "terraform" }, var.labels)
 
   project_number = data.google_project.this.number
-  use_vertex     = var.upstream == "vertex"
+  use_anthropic  = contains(var.upstream, "anthropic")
+  use_vertex     = anytrue([for u in var.upstream : startswith(u, "vertex")])
   vertex_project = coalesce(var.vertex_project_id, var.project_id)
 
   # The `aud` of the IAP assertion when IAP is enabled directly on the Cloud Run service.

@@ -123,18 +123,18 @@ variable "ingress" {
 # ---------------------------------------------------------------------------------------------------------------------
 
 variable "upstream" {
-  description = "Where the gateway sends requests (GATEWAY_UPSTREAM): anthropic (API key from Secret Manager) or vertex (Claude on Vertex AI, as the gateway's service account)."
-  type        = string
-  default     = "anthropic"
+  description = "Upstreams in failover order (GATEWAY_UPSTREAM): anthropic (API key from Secret Manager), vertex (Claude on Vertex AI in vertex_region, as the gateway's service account) or vertex:REGION for another Vertex AI region."
+  type        = list(string)
+  default     = ["anthropic"]
 
   validation {
-    condition     = contains(["anthropic", "vertex"], var.upstream)
-    error_message = "The upstream must be anthropic or vertex."
+    condition     = length(var.upstream) > 0 && alltrue([for u in var.upstream : can(regex("^(anthropic|vertex(:[a-z0-9-]+)?)$", u))])
+    error_message = "The upstream list must be non-empty, each entry anthropic, vertex or vertex:REGION."
   }
 }
 
 variable "vertex_project_id" {
-  description = "Project whose Vertex AI quota serves Claude when upstream is vertex (GATEWAY_VERTEX_PROJECT). Null: project_id."
+  description = "Project whose Vertex AI quota serves Claude when upstream includes vertex (GATEWAY_VERTEX_PROJECT). Null: project_id."
   type        = string
   default     = null
   nullable    = true
@@ -146,7 +146,7 @@ variable "vertex_project_id" {
 }
 
 variable "vertex_region" {
-  description = "Vertex AI region for Claude when upstream is vertex (GATEWAY_VERTEX_REGION), e.g. global, us-east5 or europe-west1."
+  description = "Vertex AI region for the plain vertex upstream (GATEWAY_VERTEX_REGION), e.g. global, us-east5 or europe-west1."
   type        = string
   default     = "global"
 
@@ -198,9 +198,9 @@ variable "extra_env" {
     condition = length(setintersection(keys(var.extra_env), [
       "GATEWAY_IAP_AUDIENCE", "GATEWAY_ALLOWED_DOMAINS", "GATEWAY_AUDIT_SINK", "GATEWAY_ANTHROPIC_API_KEY",
       "GATEWAY_UPSTREAM", "GATEWAY_VERTEX_PROJECT", "GATEWAY_VERTEX_REGION", "GATEWAY_POLICY_FILE",
-      "GATEWAY_REDIS_URL", "GATEWAY_PROJECT", "GATEWAY_DEV_MODE",
+      "GATEWAY_REDIS_URL", "GATEWAY_PROJECT", "GATEWAY_DEV_MODE", "GATEWAY_IAP_CERTS_URL",
     ])) == 0
-    error_message = "The extra_env map must not set a variable Terraform already manages, nor GATEWAY_DEV_MODE."
+    error_message = "The extra_env map must not set a variable Terraform already manages, nor GATEWAY_DEV_MODE or GATEWAY_IAP_CERTS_URL (they would weaken identity checks)."
   }
 }
 

@@ -99,6 +99,19 @@ def test_member_lists_accept_only_bare_emails(terraform: Terraform, variable: st
         assert not regex.search(rejected), f"var.{variable} accepts {rejected!r}"
 
 
+def test_upstream_list_accepts_the_gateway_upstreams_only(terraform: Terraform) -> None:
+    condition = expression(one(terraform.variables["upstream"]["validation"])["condition"])
+    pattern = re.search(r'regex\("((?:[^"\\]|\\.)*)"', condition)
+    assert pattern
+    regex = re.compile(pattern.group(1))
+    for accepted in ("anthropic", "vertex", "vertex:us-east5"):
+        assert regex.search(accepted)
+    for rejected in ("openai", "vertex:", "anthropic,vertex"):
+        assert not regex.search(rejected)
+    assert 'join(",", var.upstream)' in str(_env(terraform)["GATEWAY_UPSTREAM"]["value"])
+    assert _env(terraform)["GATEWAY_ANTHROPIC_API_KEY"]["__for_each__"] == "${local.use_anthropic ? [1] : []}"
+
+
 def test_only_the_iap_service_agent_may_invoke_the_service(terraform: Terraform) -> None:
     service_agent = terraform.locals["iap_service_agent"]
     assert service_agent == "serviceAccount:service-${local.project_number}@gcp-sa-iap.iam.gserviceaccount.com"
