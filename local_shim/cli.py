@@ -11,9 +11,13 @@ import os
 import shlex
 import signal
 import sys
+import threading
+import urllib.error
+import urllib.request
 import webbrowser
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlsplit
 
 from local_shim.auth import build_provider
 from local_shim.checks import Check, run_checks
@@ -95,8 +99,14 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
         return _print_checks(asyncio.run(run_checks(settings, full=False)), out)
 
     def open_browser(url: str) -> None:
-        out.line("Sign in with Google in your browser. If it does not open, visit this URL on this computer:")
+        redirect_uri = dict(parse_qsl(urlsplit(url).query)).get("redirect_uri", "")
+        out.line("Sign in with Google in your browser. If it does not open, visit this URL:")
         out.line(f"  {url}")
+        out.line(
+            f"Google then sends the browser to {redirect_uri}. If that page cannot load (the browser runs on "
+            "another machine), paste the address it ended up on here and press Enter."
+        )
+        threading.Thread(target=_relay_pasted_redirect, args=(redirect_uri, out), daemon=True).start()
         if not args.no_browser:
             webbrowser.open(url)
 
@@ -105,6 +115,27 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
     out.line(f"Signed in as {result.email or 'your Google account'}; the sign-in is stored in {result.stored_in}.")
     out.line("Next: `claude-shim run -- claude`.")
     return 0
+
+
+def _relay_pasted_redirect(redirect_uri: str, out: Output) -> None:
+    """Hand a pasted redirect address to the login's own loopback listener, which checks its state."""
+    try:
+        for line in sys.stdin:
+            pasted = line.strip()
+            if not pasted:
+                continue
+            if not redirect_uri or not pasted.startswith(redirect_uri):
+                out.note(f"That is not the sign-in address: it starts with {redirect_uri}")
+                continue
+            try:
+                # Straight to 127.0.0.1, never through a proxy from the environment.
+                opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                opener.open(pasted, timeout=10).close()
+            except urllib.error.HTTPError as error:
+                out.note(f"The sign-in address was refused (HTTP {error.code}); sign in again in the browser.")
+            return
+    except (OSError, ValueError):
+        return  # no usable terminal input: the browser redirect is the only way in
 
 
 def cmd_logout(args: argparse.Namespace, out: Output) -> int:
@@ -160,7 +191,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     server = make_server(create_app(settings, port=port, secret=secret), access_log=True)
     out.line(f"claude-shim: forwarding http://{settings.host}:{port} to {settings.gateway_url} (Ctrl-C stops)")
     out.line(f'In another shell: eval "$(claude-shim env --port {port})", then run claude.')
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn stopped gracefully, then re-raised the Ctrl-C it caught: that is the normal way out
+    out.line("claude-shim: stopped")
     return 0
 
 

@@ -266,6 +266,8 @@ def bind_loopback(host: str, port: int) -> socket.socket:
                 f"Port {port} on {host} is in use: is a `claude-shim serve` already running? Choose one with --port."
             ) from None
         raise ConfigError(f"Cannot listen on {host}:{port}: {error.strerror}") from None
+    # Listening now means a client that starts right after this returns is queued, not refused.
+    sock.listen(2048)
     sock.setblocking(False)
     return sock
 

@@ -1,18 +1,24 @@
 from __future__ import annotations
 
+import io
 import logging
+import os
 import shlex
+import signal
+import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import respx
 
 from local_shim.cli import child_environment, main
 from local_shim.store import StoredLogin, TokenStore, local_secret
-from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, FakeGoogle, FakeIAP, GoogleKey
+from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, GOOGLE_TOKEN_URL, FakeGoogle, FakeIAP, GoogleKey
 from tests.support.servers import FakeUpstream, Reply, serve
 
 
@@ -193,3 +199,89 @@ def test_child_environment_points_anthropic_clients_at_the_shim() -> None:
         "no_proxy": "127.0.0.1,localhost",
         "PATH": "/bin",
     }
+
+
+class PastingTerminal(io.StringIO):
+    """A person at a terminal whose browser is on another machine: they sign in there, then paste the address
+    the browser could not load (the loopback redirect) back into the terminal."""
+
+    def __init__(self, google: FakeGoogle, screen: io.StringIO, *, state: str | None = None) -> None:
+        super().__init__()
+        self._google = google
+        self._screen = screen
+        self._state = state
+        self.pasted: list[str] = []
+
+    def __iter__(self) -> Iterator[str]:
+        url = next(word for word in self._screen.getvalue().split() if "code_challenge=" in word)
+        redirect = self._google.consent(url, "ada@example.com")
+        if self._state is not None:
+            redirect = redirect.replace("state=", f"state={self._state}&ignored=", 1)
+        self.pasted.append(redirect)
+        yield redirect + "\n"
+
+
+def login_cli(google: FakeGoogle, monkeypatch: pytest.MonkeyPatch, *, state: str | None = None) -> tuple[int, str]:
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stdin", PastingTerminal(google, screen, state=state))
+    with respx.mock(assert_all_called=False) as mock:
+        mock.post(GOOGLE_TOKEN_URL).mock(side_effect=google.respx_token)
+        status = main(["login", "--no-browser", "--gateway-url", "https://gw.example.com"])
+    return status, screen.getvalue()
+
+
+def test_login_on_a_headless_machine_accepts_the_pasted_redirect(
+    google: FakeGoogle, config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    main(["configure", "--oauth-client-id", CLIENT_ID, "--oauth-client-secret", CLIENT_SECRET])
+
+    status, screen = login_cli(google, monkeypatch)
+
+    assert status == 0
+    assert "Signed in as ada@example.com; the sign-in is stored in the system keyring." in screen
+    stored = TokenStore(config_dir).load()
+    assert stored is not None and stored.refresh_token in google.refresh_tokens
+    assert stored.refresh_token not in screen and CLIENT_SECRET not in screen
+
+
+def test_pasted_redirect_with_a_wrong_state_is_refused(
+    google: FakeGoogle, config_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["configure", "--oauth-client-id", CLIENT_ID, "--oauth-client-secret", CLIENT_SECRET])
+    config = config_dir / "config.json"
+    config.write_text(config.read_text().replace("{", '{"login_timeout_seconds": 1,', 1))
+
+    status, screen = login_cli(google, monkeypatch, state="forged")
+
+    assert status == 1
+    assert "refused (HTTP 400)" in capsys.readouterr().err
+    assert google.token_calls == 0
+    assert TokenStore(config_dir).load() is None
+
+
+def test_serve_runs_until_ctrl_c_and_stops_cleanly(configured: Gateway, config_dir: Path) -> None:
+    # The subprocess has no keyring, so its sign-in is in the 0600 file.
+    refresh_token = configured.google.sign_in("ada@example.com")
+    TokenStore(config_dir, "file").save(StoredLogin(refresh_token=refresh_token, client_id=CLIENT_ID))
+    env = {**os.environ, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
+    shim = Path(sys.executable).with_name("claude-shim")
+    process = subprocess.Popen(
+        [str(shim), "serve", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        port = int(banner.split("http://127.0.0.1:")[1].split()[0])
+        secret = local_secret(config_dir)
+        reply = urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers={"x-api-key": secret}), timeout=10
+        )
+        assert reply.status == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+
+    assert process.returncode == 0
+    assert "claude-shim: stopped" in out
+    assert "Traceback" not in err
