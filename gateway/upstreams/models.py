@@ -103,12 +103,12 @@ def _entries(table: Mapping[str, Any], origin: str) -> list[ModelEntry]:
             value = {"vertex_id": value}
         if not isinstance(model, str) or not model or not isinstance(value, Mapping):
             raise ValueError(f"{origin}: entry {model!r} must map an id to a Vertex id or an object")
-        vertex_id = value.get("vertex_id")
-        if not isinstance(vertex_id, str) or not vertex_id:
-            raise ValueError(f"{origin}: entry {model!r} has no vertex_id")
         unknown = set(value) - {"vertex_id", "display_name", "created_at"}
         if unknown:
             raise ValueError(f"{origin}: entry {model!r} has unknown keys {sorted(unknown)}")
+        vertex_id = value.get("vertex_id")
+        if not isinstance(vertex_id, str) or not vertex_id:
+            raise ValueError(f"{origin}: entry {model!r} has no vertex_id")
         display_name = value.get("display_name") or packaged.get(model) or model
         created_at = value.get("created_at") or _created_at(vertex_id, model)
         if not isinstance(display_name, str) or not isinstance(created_at, str):
