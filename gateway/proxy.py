@@ -33,7 +33,8 @@ access_logger = logging.getLogger("gateway.access")
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
-# Routes relayed upstream, and the method each takes. Anything else is answered by the gateway itself.
+# The Anthropic routes served, and the method each takes (`/v1/models` is answered from the model table; Vertex
+# paths are matched by `match_vertex_path`). Anything else is a 404 from the gateway itself.
 RELAYED: dict[str, str] = {
     "/v1/messages": "POST",
     "/v1/messages/count_tokens": "POST",
