@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import __version__
-from gateway.audit import AuditWriter, open_sink
+from gateway.audit import AuditWriter
+from gateway.audit.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.audit.metrics import prometheus_text
 from gateway.config import Settings
 from gateway.identity import IAPKeys, IAPVerifier
 from gateway.policy import AccessPolicy
@@ -48,7 +50,7 @@ class Gateway:
         self.prices = PriceTable.load(settings.pricing_file)
         self.policy = await open_policy(settings)
         self.models = ModelTable.load(settings.models)
-        self.writer = AuditWriter(open_sink(settings.audit_sink), queue_size=settings.audit_queue_size)
+        self.writer = AuditWriter.from_settings(settings)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.upstream_connect_timeout,
@@ -114,6 +116,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Audit counters for Prometheus or Cloud Monitoring: counts only, no user data."""
+        return Response(prometheus_text(gateway.writer), media_type=METRICS_CONTENT_TYPE)
 
     endpoint = GatewayEndpoint(gateway)
     # Plain ASGI routes for the relay: FastAPI's request parsing would cost time and buffer nothing useful.

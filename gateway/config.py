@@ -66,7 +66,22 @@ class Settings(BaseSettings):
     """The longest an upstream's `retry-after` keeps the gateway away from it."""
 
     audit_sink: str = "sqlite:///gateway-audit.db"
+    """sqlite:///PATH, or bigquery://PROJECT/DATASET/TABLE (create it with `claude-gateway bq init` or Terraform)."""
     audit_queue_size: int = Field(default=10_000, gt=0)
+    """Rows held in memory; beyond it rows are spilled to audit_spill_dir (and logged as audit_fallback)."""
+    audit_batch_size: int = Field(default=500, gt=0, le=10_000)
+    """Rows per write: a batch is sent once this many are queued, or every audit_flush_ms."""
+    audit_flush_ms: int = Field(default=200, gt=0)
+    audit_retry_max_seconds: float = Field(default=60.0, gt=0)
+    """How long a failing batch is retried before its rows go to the audit_fallback log and the spill."""
+    audit_spill_dir: str | None = None
+    """Where rows wait while the sink is down; default $TMPDIR/claude-gateway-audit."""
+    audit_shutdown_seconds: float = Field(default=2.5, gt=0)
+    """Time allowed on shutdown to write what is queued; the rest goes to the audit_fallback log."""
+    bigquery_endpoint: str | None = None
+    """Another BigQuery API endpoint (an emulator, or Private Service Connect)."""
+    bigquery_anonymous: bool = False
+    """Send no credentials to BigQuery: only for an emulator."""
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     pricing_file: str | None = None
@@ -94,6 +109,13 @@ class Settings(BaseSettings):
     _split = field_validator("iap_audience", "allowed_domains", "upstream", "vertex_betas", mode="before")(
         _split_commas
     )
+
+    @field_validator("audit_sink")
+    @classmethod
+    def _known_sink(cls, value: str) -> str:
+        from gateway.audit.sinks import check_sink_url
+
+        return check_sink_url(value)
 
     @field_validator("allowed_domains")
     @classmethod

@@ -1,32 +1,51 @@
-"""The background audit writer: the response path only appends to a bounded queue; a task drains it."""
+"""The background audit writer: the response path only appends to a bounded queue; a task drains it.
+
+No row is lost. A row the sink has not taken when it leaves memory (the queue is over its bound, the sink kept
+failing for `retry_max_seconds`, or the process is stopping) is logged as an `audit_fallback` entry, durable in
+Cloud Logging, and written to the local spill, which is replayed into the sink once it answers again."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from gateway.audit.record import AuditRecord
-from gateway.audit.sinks import AuditSink
+from gateway.audit.sinks import AuditSink, BatchRefused, RowsRejected, SinkServerError, open_sink
+from gateway.audit.spill import Spill, default_spill_dir
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 logger = logging.getLogger("gateway.audit")
+
+# A row failed over this many times is left to the audit_fallback log rather than spilled yet again.
+MAX_ROUNDS = 3
+COUNTER_LOG_SECONDS = 60.0
+
+Pending = tuple[dict[str, Any], int]  # a row, and how many times it has been failed over
 
 
 @dataclass(slots=True)
 class AuditCounters:
-    written: int = 0
-    retried: int = 0
-    failed_over: int = 0
+    """Rows by what happened to them; `dropped` counts rows lost and must stay 0."""
+
+    written: int = 0  # accepted by the sink (replayed rows included)
+    retried: int = 0  # row writes that failed and were tried again
+    failed_over: int = 0  # logged as audit_fallback entries
+    spilled: int = 0  # written to the local spill file
+    replayed: int = 0  # taken back from the spill and accepted by the sink
+    rejected: int = 0  # refused by the sink as invalid; logged as audit_fallback with the reason
     dropped: int = 0
-    queued: int = 0
 
 
 class AuditWriter:
     """Batches rows to a sink: a flush every `batch_size` rows or `flush_interval` seconds, retries with
-    exponential backoff and jitter, and a full drain on close."""
+    exponential backoff and jitter, a spill beyond `queue_size` rows, and a bounded drain on close."""
 
     def __init__(
         self,
@@ -35,92 +54,265 @@ class AuditWriter:
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.2,
-        max_backoff: float = 30.0,
+        retry_max_seconds: float = 60.0,
+        max_backoff: float = 10.0,
+        spill_dir: str | None = None,
+        shutdown_seconds: float = 2.5,
     ) -> None:
         self.sink = sink
         self.counters = AuditCounters()
-        self._queue: deque[AuditRecord] = deque()
+        self._queue: deque[Pending] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
+        self._retry_max_seconds = retry_max_seconds
         self._max_backoff = max_backoff
+        self._shutdown_seconds = shutdown_seconds
+        self._spill = Spill(spill_dir or default_spill_dir())
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._closed = False
+        self._healthy = True  # the last write was accepted: the spill may be replayed
+        self._next_report = self._now() + COUNTER_LOG_SECONDS
+        self._reported = asdict(self.counters)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuditWriter:
+        sink = open_sink(
+            settings.audit_sink,
+            bigquery_endpoint=settings.bigquery_endpoint,
+            bigquery_anonymous=settings.bigquery_anonymous,
+        )
+        return cls(
+            sink,
+            queue_size=settings.audit_queue_size,
+            batch_size=settings.audit_batch_size,
+            flush_interval=settings.audit_flush_ms / 1000,
+            retry_max_seconds=settings.audit_retry_max_seconds,
+            spill_dir=settings.audit_spill_dir,
+            shutdown_seconds=settings.audit_shutdown_seconds,
+        )
 
     async def start(self) -> None:
+        leftovers = self._spill.prepare()
+        if leftovers:
+            logger.warning(
+                "%d audit spill file(s) in %s were not written by this process (their rows are also in the "
+                "audit_fallback log); send them with `claude-gateway audit replay FILE`: %s",
+                len(leftovers), self._spill.directory, ", ".join(path.name for path in leftovers),
+            )
         await self.sink.open()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     def submit(self, record: AuditRecord) -> None:
-        """Queue a row; never blocks and never raises."""
-        if len(self._queue) >= self._queue_size:
+        """Queue a row; never blocks and never raises. Beyond the queue's bound, spill it (and log it)."""
+        try:
+            row = record.to_row()
+        except Exception:  # pragma: no cover - a dataclass of plain values always converts
             self.counters.dropped += 1
-            logger.error(
-                "audit queue full (%d rows): row %s dropped", self._queue_size, record.request_id,
-                extra={"json_fields": {"audit_row": _safe_row(record)}},
-            )
+            logger.exception("audit row %s could not be serialised", record.request_id)
             return
-        self._queue.append(record)
-        if len(self._queue) >= self._batch_size:
-            self._wakeup.set()
+        if self._closed:
+            self._fail_over([(row, 0)], "audit writer already closed")
+        elif len(self._queue) >= self._queue_size:
+            self._spill_over(row)
+        else:
+            self._queue.append((row, 0))
+            if len(self._queue) >= self._batch_size:
+                self._wakeup.set()
 
     @property
     def pending(self) -> int:
+        """Rows waiting in memory."""
         return len(self._queue)
 
+    @property
+    def spill_pending(self) -> int:
+        """Rows waiting in the spill files."""
+        return self._spill.pending_rows
+
     async def flush(self) -> None:
-        """Write everything queued so far (used by tests and on shutdown)."""
+        """Write everything queued so far."""
         while self._queue:
-            await self._write_batch()
+            await self._send_queued(self._now() + self._retry_max_seconds)
 
     async def aclose(self) -> None:
-        """Stop the background task after writing every queued row."""
-        self._closing = True
-        self._wakeup.set()
+        """Stop the background task, then write what is queued (and spilled) within `shutdown_seconds`;
+        anything still unwritten at the deadline is already, or now, in the audit_fallback log."""
+        deadline = self._now() + self._shutdown_seconds
+        self._closed = True
         if self._task is not None:
-            await self._task
-        await self.flush()
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue and self._now() < deadline:
+            await self._send_queued(deadline)
+        if self._queue:
+            left = list(self._queue)
+            self._queue.clear()
+            self._fail_over(left, f"{self.sink.name} did not take the rows within the shutdown budget")
+        while self._spill.pending_rows and self._healthy and self._now() < deadline:
+            await self._replay_batch(deadline)
+        remaining = self._spill.close()
+        if remaining:
+            logger.warning(
+                "%d audit row(s) remain in spill file(s) %s (they are in the audit_fallback log too); "
+                "send them with `claude-gateway audit replay FILE`",
+                self._spill.pending_rows, ", ".join(str(path) for path in remaining),
+            )
         await self.sink.aclose()
+        self._log_counters("audit writer closed")
 
     async def _run(self) -> None:
-        while not self._closing:
+        while True:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
             except TimeoutError:
                 pass
             self._wakeup.clear()
-            while self._queue and not self._closing:
-                await self._write_batch()
+            while self._queue:
+                await self._send_queued(self._now() + self._retry_max_seconds)
+                self._report_now_and_then()
+            if self._healthy and self._spill.pending_rows:
+                await self._replay_batch(self._now() + self._retry_max_seconds)
+                if self._spill.pending_rows:
+                    self._wakeup.set()  # carry on with the next batch at once
+            self._report_now_and_then()
 
-    async def _write_batch(self) -> None:
+    def _report_now_and_then(self) -> None:
+        """The counters in the log once a minute, when they have moved."""
+        if self._now() >= self._next_report:
+            self._next_report = self._now() + COUNTER_LOG_SECONDS
+            if asdict(self.counters) != self._reported:
+                self._reported = asdict(self.counters)
+                self._log_counters("audit writer")
+
+    async def _send_queued(self, deadline: float) -> None:
         batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
-        rows = [record.to_row() for record in batch]
-        delay = 0.1
+        try:
+            await self._deliver(batch, deadline)
+        except asyncio.CancelledError:
+            # Stopping: the drain in aclose() writes or logs them. A write already under way may still
+            # land, which is a duplicate (the same request id), never a loss.
+            self._queue.extendleft(reversed(batch))
+            raise
+
+    async def _replay_batch(self, deadline: float) -> None:
+        batch = self._spill.read_batch(self._batch_size)
+        if batch:
+            # Cancelled half-way, the batch stays in the file; it is in the audit_fallback log already.
+            await self._deliver(batch, deadline, replay=True)
+        self._spill.commit()
+
+    async def _deliver(self, batch: list[Pending], deadline: float, *, replay: bool = False) -> None:
+        """Settle every row of the batch: written, rejected (logged), or failed over (logged and spilled)."""
+        rows = [row for row, _ in batch]
+        delay = 0.2
+        server_errors = 0
         while True:
             try:
-                await self.sink.write(rows)
+                async with asyncio.timeout(max(deadline - self._now(), 0.05)):
+                    await self.sink.write(rows)
+            except RowsRejected as exc:
+                self._healthy = True
+                refused = {index: reason for index, reason in exc.rejected if 0 <= index < len(rows)}
+                self._note_written(len(rows) - len(refused), replay)
+                for index, reason in refused.items():
+                    self._reject(rows[index], reason)
+                return
+            except BatchRefused as exc:
+                self._healthy = True
+                if len(batch) == 1:
+                    self._reject(rows[0], str(exc))
+                else:
+                    await self._split(batch, deadline, replay)
+                return
             except Exception as exc:  # a sink failure must never end the writer
-                if self._closing:
-                    # Shutting down: nowhere left to wait; the rows go to the log rather than nowhere.
-                    self._fail_over(rows, exc)
+                self._healthy = False
+                reason = str(exc) or type(exc).__name__
+                if isinstance(exc, SinkServerError) and len(batch) > 1:
+                    server_errors += 1
+                    if server_errors >= 2:
+                        # The server answers but not to this batch: find the row it chokes on.
+                        await self._split(batch, deadline, replay)
+                        return
+                if self._now() + delay > deadline:
+                    logger.error(
+                        "audit sink %s still failing (%s): %d row(s) go to the audit_fallback log and the spill",
+                        self.sink.name, reason, len(batch),
+                    )
+                    self._fail_over(batch, f"{self.sink.name}: {reason}")
                     return
-                self.counters.retried += len(rows)
-                logger.warning("audit sink %s failed (%s); retrying in %.1fs", self.sink.name, exc, delay)
+                self.counters.retried += len(batch)
+                logger.warning(
+                    "audit sink %s failed (%s); retrying %d row(s) in %.1fs", self.sink.name, reason, len(batch), delay
+                )
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._max_backoff)
-                continue
-            self.counters.written += len(rows)
-            return
+            else:
+                self._healthy = True
+                self._note_written(len(rows), replay)
+                return
 
-    def _fail_over(self, rows: list[dict[str, Any]], exc: Exception) -> None:
-        for row in rows:
+    async def _split(self, batch: list[Pending], deadline: float, replay: bool) -> None:
+        half = len(batch) // 2
+        await self._deliver(batch[:half], deadline, replay=replay)
+        await self._deliver(batch[half:], deadline, replay=replay)
+
+    def _note_written(self, count: int, replay: bool) -> None:
+        self.counters.written += count
+        if replay:
+            self.counters.replayed += count
+
+    def _spill_over(self, row: dict[str, Any]) -> None:
+        """The queue is full: the row waits on disk, and in the log in case the instance goes first."""
+        self._log_fallback(row, f"audit queue over its bound of {self._queue_size} rows")
+        self._to_spill(row, 0)
+
+    def _fail_over(self, batch: list[Pending], reason: str) -> None:
+        for row, rounds in batch:
+            self._log_fallback(row, reason)
+            if rounds + 1 < MAX_ROUNDS:
+                self._to_spill(row, rounds + 1)
+            else:
+                logger.error(
+                    "audit row %s failed over %d times; it is left to the audit_fallback log", row["request_id"],
+                    rounds + 1,
+                )
+
+    def _reject(self, row: dict[str, Any], reason: str) -> None:
+        self.counters.rejected += 1
+        logger.error("audit sink %s rejected row %s: %s", self.sink.name, row.get("request_id"), reason)
+        self._log_fallback(row, f"rejected by {self.sink.name}: {reason}")
+
+    def _to_spill(self, row: dict[str, Any], rounds: int) -> None:
+        try:
+            self._spill.append(row, rounds)
+        except OSError as exc:
+            logger.error("audit spill write failed (%s); row %s is in the audit_fallback log only", exc,
+                         row.get("request_id"))
+        else:
+            self.counters.spilled += 1
+
+    def _log_fallback(self, row: dict[str, Any], reason: str) -> None:
+        try:
+            logger.error("audit_fallback", extra={"json_fields": {"audit_fallback": row, "reason": reason}})
+        except Exception:  # pragma: no cover - logging swallows handler errors itself
+            self.counters.dropped += 1
+        else:
             self.counters.failed_over += 1
-            logger.error("audit_fallback", extra={"json_fields": {"audit_fallback": row, "error": str(exc)}})
 
+    def _log_counters(self, what: str) -> None:
+        counters = asdict(self.counters)
+        logger.info(
+            "%s: %s, queued=%d spilled_pending=%d", what, " ".join(f"{k}={v}" for k, v in counters.items()),
+            self.pending, self.spill_pending,
+            extra={"json_fields": {"audit_counters": counters, "queued": self.pending,
+                                   "spill_pending": self.spill_pending}},
+        )
 
-def _safe_row(record: AuditRecord) -> dict[str, Any]:
-    try:
-        return record.to_row()
-    except Exception:  # pragma: no cover - a row that cannot be serialised is still logged by id
-        return {"request_id": record.request_id}
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic()
