@@ -422,6 +422,9 @@ def _log_access(record: AuditRecord, project: str | None) -> None:
             "model": record.served_model or record.requested_model,
             "input_tokens": record.input_tokens,
             "output_tokens": record.output_tokens,
+            "upstream": record.upstream,
+            "attempts": record.attempts,
+            "upstream_failures": record.upstream_failures,
         },
     }
     if record.trace_id and project:

@@ -92,7 +92,7 @@ def pair(make_pair: Any) -> Iterator[Pair]:
 
 
 def test_529_then_200_gives_one_clean_stream_and_two_attempts(pair: Pair, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("WARNING", logger="gateway.upstreams")
+    caplog.set_level("INFO")
     events = stream_events(["from", " vertex"])
     pair.anthropic.reply = lambda seen: overloaded(529)
     pair.vertex.reply = lambda seen: Reply(200, VERTEX_SSE, events)
@@ -107,6 +107,12 @@ def test_529_then_200_gives_one_clean_stream_and_two_attempts(pair: Pair, caplog
     assert row["upstream_failures"] == "anthropic: HTTP 529 overloaded_error: Overloaded"
     assert row["output_tokens"] == 2
     assert "upstream anthropic failed: HTTP 529" in caplog.text
+    deadline = time.monotonic() + 5  # the access line is logged just after the audit row is queued
+    while not (access := [r for r in caplog.records if r.name == "gateway.access"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fields = access[-1].json_fields  # type: ignore[attr-defined]
+    assert (fields["upstream"], fields["attempts"]) == ("vertex", 2)
+    assert fields["upstream_failures"] == row["upstream_failures"]
 
 
 def test_connection_failure_fails_over(make_pair: Any) -> None:
