@@ -190,7 +190,7 @@ def _refusal(
         resets = datetime.fromtimestamp(exceeded.retry_at or now, UTC).strftime("%Y-%m-%d %H:%M UTC")
         message = (
             f"{period} budget of {format_value(name, limit)} used up for {email} (rule {source}): "
-            f"${exceeded.used / MICROS:,.2f} spent {spent_when}. It resets at {resets} (in {_duration(wait or 0)})."
+            f"{_usd(exceeded.used)} spent {spent_when}. It resets at {resets} (in {_duration(wait or 0)})."
         )
         # Retrying cannot help before the reset; tell Anthropic's SDKs (and so Claude Code) not to.
         headers = {"retry-after": str(wait or 1), "x-should-retry": "false"}
@@ -211,6 +211,11 @@ def _refusal(
             message += f" Try again in {wait} s."
             headers = {"retry-after": str(wait)}
     return PolicyRefusal(429, message, outcome="rate_limited", groups=groups, rule=rule, headers=headers)
+
+
+def _usd(micros: int) -> str:
+    amount = micros / MICROS
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
 
 
 def _duration(seconds: int) -> str:

@@ -197,7 +197,9 @@ def format_value(name: str, value: object) -> str:
     if value is None:
         return "any model" if name == "models" else "unlimited"
     if name in BUDGET_FIELDS:
-        return f"${value:,.2f}"
+        amount = Decimal(str(value))
+        # Cents as people write them; a budget set below a cent keeps its digits rather than showing $0.00.
+        return f"${amount:,.2f}" if amount == amount.quantize(Decimal("0.01")) else f"${amount:,f}"
     if name == "models":
         assert isinstance(value, tuple)
         return ", ".join(str(pattern) for pattern in value) or "none"
