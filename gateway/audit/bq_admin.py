@@ -1,0 +1,212 @@
+"""`claude-gateway bq init`: the audit dataset, the partitioned table and the security views, idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from google.api_core import exceptions as api
+
+from gateway.audit.bigquery import CLUSTERING_FIELDS, PARTITION_FIELD, TableRef
+from gateway.audit.schema import bigquery_schema_json
+
+if TYPE_CHECKING:
+    from google.api_core.retry import Retry
+    from google.cloud import bigquery
+
+PLACEHOLDER = "{audit_table}"
+DAY_MS = 24 * 60 * 60 * 1000
+
+# Bounded, so a wrong endpoint fails in seconds rather than after the client's default ten minutes.
+TIMEOUT = 30.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class InitError(Exception):
+    """`bq init` could not finish; the message says what to grant or change."""
+
+
+def view_templates() -> dict[str, str]:
+    """Each security view's SQL by view name (the file name), with `{audit_table}` still in it."""
+    folder = resources.files("gateway.audit") / "views"
+    files = sorted((entry for entry in folder.iterdir() if entry.name.endswith(".sql")), key=lambda e: e.name)
+    return {entry.name.removesuffix(".sql"): entry.read_text(encoding="utf-8") for entry in files}
+
+
+def render_view(template: str, table: TableRef) -> str:
+    """The view's query over the given audit table."""
+    return template.replace(PLACEHOLDER, table.sql)
+
+
+def schema_fields() -> list[bigquery.SchemaField]:
+    from google.cloud import bigquery
+
+    return [bigquery.SchemaField.from_api_repr(field) for field in bigquery_schema_json()]
+
+
+def audit_table(table: TableRef, retention_days: int = 0) -> bigquery.Table:
+    """The table as Terraform creates it: partitioned by day on `timestamp`, clustered, partition filter required."""
+    from google.cloud import bigquery
+
+    spec = bigquery.Table(table.path, schema=schema_fields())
+    spec.description = "One row per request through the Claude gateway. Queries must filter on timestamp."
+    spec.time_partitioning = bigquery.TimePartitioning(
+        type_=bigquery.TimePartitioningType.DAY,
+        field=PARTITION_FIELD,
+        expiration_ms=retention_days * DAY_MS if retention_days > 0 else None,
+    )
+    spec.clustering_fields = list(CLUSTERING_FIELDS)
+    spec.require_partition_filter = True
+    return spec
+
+
+def init(
+    client: bigquery.Client,
+    table: TableRef,
+    *,
+    location: str | None,
+    views_dataset: str,
+    retention_days: int = 0,
+    say: Callable[[str], None],
+) -> None:
+    """Create what is missing and bring what exists up to date; safe to run again."""
+    from google.cloud import bigquery
+
+    for dataset_id, description in (
+        (table.dataset, "Audit log of requests through the Claude gateway."),
+        (views_dataset, "Security views over the Claude gateway audit table."),
+    ):
+        dataset = bigquery.Dataset(f"{table.project}.{dataset_id}")
+        dataset.description = description
+        if location:
+            dataset.location = location
+        created = _step(
+            f"create dataset {table.project}.{dataset_id}", client.create_dataset, dataset, exists_ok=True,
+            retry=_retry(), timeout=TIMEOUT,
+        )
+        say(f"dataset {created.project}.{created.dataset_id} ready ({created.location or 'default location'})")
+
+    try:
+        existing = _step(f"read table {table.path}", client.get_table, table.path, retry=_retry(), timeout=TIMEOUT)
+    except api.NotFound:
+        _step(
+            f"create table {table.path}", client.create_table, audit_table(table, retention_days),
+            retry=_retry(), timeout=TIMEOUT,
+        )
+        say(
+            f"table {table.path} created: partitioned by day on {PARTITION_FIELD}, clustered by "
+            f"{', '.join(CLUSTERING_FIELDS)}, partition filter required"
+        )
+    else:
+        _upgrade_table(client, existing, table, say)
+
+    for name, template in view_templates().items():
+        view = bigquery.Table(f"{table.project}.{views_dataset}.{name}")
+        view.view_query = render_view(template, table)
+        view.description = f"Generated from gateway/audit/views/{name}.sql."
+        try:
+            client.create_table(view, retry=_retry(), timeout=TIMEOUT)
+            say(f"view {table.project}.{views_dataset}.{name} created")
+        except api.Conflict:
+            _step(
+                f"update view {name}", client.update_table, view, ["view_query", "description"],
+                retry=_retry(), timeout=TIMEOUT,
+            )
+            say(f"view {table.project}.{views_dataset}.{name} updated")
+        except api.Forbidden as exc:
+            raise _denied(f"create view {name} in {views_dataset}", exc) from None
+        except api.BadRequest as exc:
+            raise InitError(f"view {name} was refused: {exc.message}") from None
+
+    _authorise_views(client, table, views_dataset, say)
+    say(
+        f"done. The gateway's service account needs roles/bigquery.dataEditor on {table.path}; readers of the "
+        f"views need roles/bigquery.dataViewer on {table.project}.{views_dataset} and roles/bigquery.jobUser "
+        f"on a project to run queries."
+    )
+
+
+def _upgrade_table(
+    client: bigquery.Client, existing: bigquery.Table, table: TableRef, say: Callable[[str], None]
+) -> None:
+    """Add missing columns (BigQuery only lets a schema grow) and report what cannot be changed."""
+    have = {field.name: field for field in existing.schema}
+    problems = [
+        f"{field.name} is {have[field.name].field_type} {have[field.name].mode}, "
+        f"expected {field.field_type} {field.mode}"
+        for field in schema_fields()
+        if field.name in have
+        and (_type(have[field.name].field_type), have[field.name].mode) != (_type(field.field_type), field.mode)
+    ]
+    missing = [field for field in schema_fields() if field.name not in have]
+    required = [field.name for field in missing if field.mode == "REQUIRED"]
+    if problems or required:
+        raise InitError(
+            f"table {table.path} does not match the schema and cannot be altered in place: "
+            + "; ".join(problems + [f"{name} is missing and REQUIRED" for name in required])
+        )
+    fields = ["clustering_fields", "require_partition_filter"]
+    existing.clustering_fields = list(CLUSTERING_FIELDS)
+    existing.require_partition_filter = True
+    if missing:
+        existing.schema = [*existing.schema, *missing]
+        fields.append("schema")
+    _step(f"update table {table.path}", client.update_table, existing, fields, retry=_retry(), timeout=TIMEOUT)
+    added = f"; added columns {', '.join(field.name for field in missing)}" if missing else ""
+    say(f"table {table.path} exists{added}")
+    partitioning = existing.time_partitioning
+    if partitioning is None or partitioning.field != PARTITION_FIELD:
+        say(f"warning: {table.path} is not partitioned by day on {PARTITION_FIELD}; that cannot change in place")
+
+
+def _authorise_views(client: bigquery.Client, table: TableRef, views_dataset: str, say: Callable[[str], None]) -> None:
+    """Let the views read the audit table on their readers' behalf, as Terraform's dataset_access entry does."""
+    from google.cloud.bigquery import AccessEntry
+
+    dataset = _step(
+        f"read dataset {table.dataset}", client.get_dataset, f"{table.project}.{table.dataset}",
+        retry=_retry(), timeout=TIMEOUT,
+    )
+    wanted = {"dataset": {"projectId": table.project, "datasetId": views_dataset}, "targetTypes": ["VIEWS"]}
+    if any(entry.entity_type == "dataset" and entry.entity_id == wanted for entry in dataset.access_entries):
+        return
+    dataset.access_entries = [*dataset.access_entries, AccessEntry(None, "dataset", wanted)]
+    _step(
+        f"authorise {views_dataset} on {table.dataset}", client.update_dataset, dataset, ["access_entries"],
+        retry=_retry(), timeout=TIMEOUT,
+    )
+    say(f"views in {table.project}.{views_dataset} authorised to read {table.project}.{table.dataset}")
+
+
+def _retry() -> Retry:
+    from google.cloud.bigquery import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_deadline(TIMEOUT)
+
+
+def _type(name: str) -> str:
+    """Legacy and standard names for the same type (the API answers INTEGER for INT64)."""
+    return {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}.get(name, name)
+
+
+def _step(what: str, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    try:
+        return call(*args, **kwargs)
+    except api.Forbidden as exc:
+        raise _denied(what, exc) from None
+    except api.NotFound:
+        raise
+    except api.GoogleAPICallError as exc:
+        raise InitError(f"could not {what}: {exc.message}") from None
+    except api.RetryError as exc:
+        raise InitError(f"could not {what}: BigQuery did not answer within {TIMEOUT:.0f}s ({exc.cause})") from None
+
+
+def _denied(what: str, exc: api.GoogleAPICallError) -> InitError:
+    return InitError(
+        f"permission denied to {what} ({exc.message}). Whoever runs `bq init` needs roles/bigquery.admin on the "
+        "project, or roles/bigquery.dataOwner on both datasets if they already exist."
+    )
