@@ -1,5 +1,5 @@
-"""`claude-gateway`: run the gateway (`serve`), run it all on a laptop (`dev`), read the audit log (`audit`),
-check the access policy (`policy`)."""
+"""`claude-gateway`: run the gateway (`serve`), run it all on a laptop (`dev`), read or replay the audit log
+(`audit`), set up the BigQuery audit table (`bq`), check the access policy (`policy`)."""
 
 from __future__ import annotations
 
@@ -250,6 +250,80 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from gateway.audit.replay import distinct_rows, replay
+    from gateway.audit.sinks import SinkConfigError, open_sink
+    from gateway.audit.spill import load_rows
+
+    settings = load_settings(dev_mode=True)
+    try:
+        rows = list(load_rows(args.file))
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read {args.file}: {exc}") from None
+    unique = distinct_rows(rows)
+    try:
+        sink = open_sink(
+            args.sink or settings.audit_sink,
+            bigquery_endpoint=settings.bigquery_endpoint,
+            bigquery_anonymous=settings.bigquery_anonymous,
+        )
+        result = asyncio.run(replay(sink, unique, batch_size=args.batch_size))
+    except (SinkConfigError, RuntimeError) as exc:
+        raise CLIError(str(exc)) from None
+    say(f"{args.file}: {len(rows)} rows, {len(unique)} requests; {result.written} written to {sink.name}")
+    for request_id, reason in result.rejected:
+        say(f"  rejected {request_id}: {reason}")
+    if result.unsent:
+        raise CLIError(
+            f"{result.unsent} rows not sent ({result.error}); run the command again once the sink answers "
+            "(rows already written carry their request id, so the sink can de-duplicate them)"
+        )
+    return 1 if result.rejected else 0
+
+
+def _bigquery_target(sink: str | None) -> tuple[Any, Settings]:
+    from gateway.audit.bigquery import TableRef
+    from gateway.audit.sinks import SinkConfigError
+
+    settings = load_settings(dev_mode=True)
+    try:
+        return TableRef.from_url(sink or settings.audit_sink), settings
+    except SinkConfigError as exc:
+        raise CLIError(f"{exc} (or pass --sink bigquery://PROJECT/DATASET/TABLE)") from None
+
+
+def cmd_bq_schema(args: argparse.Namespace) -> int:
+    from gateway.audit.schema import bigquery_schema_json
+
+    say(json.dumps(bigquery_schema_json(), indent=2))
+    return 0
+
+
+def cmd_bq_init(args: argparse.Namespace) -> int:
+    import google.auth.exceptions
+    import requests
+
+    from gateway.audit import bq_admin
+    from gateway.audit.bigquery import make_client
+    from gateway.audit.sinks import SinkConfigError
+
+    table, settings = _bigquery_target(args.sink)
+    try:
+        client = make_client(table.project, endpoint=settings.bigquery_endpoint, anonymous=settings.bigquery_anonymous)
+        bq_admin.init(
+            client,
+            table,
+            location=args.location,
+            views_dataset=args.views_dataset or f"{table.dataset}_security",
+            retention_days=args.retention_days,
+            say=say,
+        )
+    except (bq_admin.InitError, SinkConfigError) as exc:
+        raise CLIError(str(exc)) from None
+    except (requests.RequestException, google.auth.exceptions.GoogleAuthError) as exc:
+        raise CLIError(f"cannot reach BigQuery: {exc}") from None
+    return 0
+
 def _load_policy(path: str) -> Any:
     from gateway.policy.loader import PolicyFileError, load_policy
 
@@ -331,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--no-demo", action="store_true", help="skip the streamed demo request at start-up")
     dev.set_defaults(func=cmd_dev)
 
-    audit = commands.add_parser("audit", help="read the local SQLite audit log")
+    audit = commands.add_parser("audit", help="read the local SQLite audit log; replay rows into the audit sink")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     tail = audit_commands.add_parser("tail", help="the newest audit rows")
     tail.add_argument("-n", type=int, default=20, help="how many rows (default 20)")
@@ -339,11 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per row")
     tail.set_defaults(func=cmd_audit_tail)
     summary = audit_commands.add_parser("summary", help="requests, tokens and cost grouped")
-    summary.add_argument("--by", default="user", choices=["user", "model", "day", "outcome", "session"])
+    summary.add_argument("--by", default="user", choices=["user", "model", "day", "outcome", "session", "group"])
     summary.add_argument("--since", default=None, help="only rows on or after this date (YYYY-MM-DD)")
     summary.add_argument("--db", default=None, help="SQLite file (default: GATEWAY_AUDIT_SINK or gateway-audit.db)")
     summary.add_argument("--json", action="store_true", help="one JSON object per group")
     summary.set_defaults(func=cmd_audit_summary)
+    replay = audit_commands.add_parser("replay", help="send spilled or audit_fallback rows to the audit sink")
+    replay.add_argument("file", help="a spill file, or audit_fallback log entries (JSON lines or a JSON array)")
+    replay.add_argument("--sink", default=None, help="sqlite:///PATH or bigquery://P/D/T (default: GATEWAY_AUDIT_SINK)")
+    replay.add_argument("--batch-size", type=int, default=500, help="rows per write (default 500)")
+    replay.set_defaults(func=cmd_audit_replay)
+
+    bq = commands.add_parser("bq", help="the BigQuery audit table: its schema, and creating it")
+    bq_commands = bq.add_subparsers(dest="bq_command", required=True)
+    bq_schema = bq_commands.add_parser("schema", help="the table schema as JSON (terraform/audit_schema.json)")
+    bq_schema.set_defaults(func=cmd_bq_schema)
+    bq_init = bq_commands.add_parser("init", help="create or update the dataset, table and security views")
+    bq_init.add_argument("--sink", default=None, help="bigquery://PROJECT/DATASET/TABLE (default: GATEWAY_AUDIT_SINK)")
+    bq_init.add_argument("--location", default=None, help="dataset location for new datasets, e.g. EU or us-east5")
+    bq_init.add_argument("--views-dataset", default=None, help="dataset for the views (default: DATASET_security)")
+    bq_init.add_argument("--retention-days", type=int, default=0, help="days a partition is kept (0: forever)")
+    bq_init.set_defaults(func=cmd_bq_init)
 
     policy = commands.add_parser("policy", help="check the access policy file, and what it means for a person")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)

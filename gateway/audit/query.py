@@ -8,12 +8,14 @@ from typing import Any
 
 from gateway.audit.sqlite import TABLE
 
+# The same keys and sums as the BigQuery views (gateway/audit/views), so both give the same numbers.
 SUMMARY_KEYS = {
     "user": "COALESCE(user_email, '(unauthenticated)')",
     "model": "COALESCE(served_model, requested_model, '(none)')",
     "day": "substr(timestamp, 1, 10)",
     "outcome": "outcome",
     "session": "COALESCE(session_id, '(none)')",
+    "group": "COALESCE(matched.value, '(no group)')",
 }
 
 
@@ -43,10 +45,12 @@ def tail(path: str, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def summary(path: str, by: str, since: str | None = None) -> list[dict[str, Any]]:
-    """Requests, refusals, tokens and cost grouped by user, model, day, outcome or session."""
+    """Requests, refusals, tokens and cost grouped by user, model, day, outcome, session or group."""
     if by not in SUMMARY_KEYS:
         raise ValueError(f"--by must be one of {', '.join(SUMMARY_KEYS)}")
     where, params = ("WHERE timestamp >= ?", (since,)) if since else ("", ())
+    # A request counts once for each group it matched, as in daily_usage_by_group.
+    join = f"LEFT JOIN json_each({TABLE}.groups) AS matched" if by == "group" else ""
     sql = f"""
         SELECT {SUMMARY_KEYS[by]} AS key,
                COUNT(*) AS requests,
@@ -57,8 +61,8 @@ def summary(path: str, by: str, since: str | None = None) -> list[dict[str, Any]
                COALESCE(SUM(cache_creation_input_tokens), 0) AS cache_creation_input_tokens,
                COALESCE(SUM(cache_read_input_tokens), 0) AS cache_read_input_tokens,
                ROUND(COALESCE(SUM(cost_usd), 0), 6) AS cost_usd
-        FROM {TABLE} {where}
-        GROUP BY key ORDER BY cost_usd DESC, requests DESC, key
+        FROM {TABLE} {join} {where}
+        GROUP BY 1 ORDER BY cost_usd DESC, requests DESC, key
     """
     with _connect(path) as connection:
         return [dict(row) for row in connection.execute(sql, params).fetchall()]

@@ -130,7 +130,7 @@ def load_rows(path: str | Path) -> Iterator[dict[str, Any]]:
         entries = [orjson.loads(line) for line in data.splitlines() if line.strip()]
     for entry in entries:
         row = _row_of(entry)
-        if row is not None:
+        if row is not None and isinstance(row.get("request_id"), str):
             yield coerce_row(row)
 
 
