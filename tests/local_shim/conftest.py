@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -33,6 +34,7 @@ from starlette.routing import Route
 from local_shim.auth import TokenProvider
 from local_shim.config import ShimSettings
 from local_shim.server import bind_loopback, create_app, make_server
+from tests.support.servers import serve
 
 CLIENT_ID = "1234-desktop.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-desktop-client-secret"
@@ -281,6 +283,38 @@ def shim_settings(**overrides: Any) -> ShimSettings:
     }
     values.update(overrides)
     return ShimSettings(**values)
+
+
+class Switch:
+    """An ASGI app that passes each request to whichever app the current test plugged in: one server, many tests."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Servers:
+    """Loopback servers for Google's token endpoint and for IAP + gateway, started once per test session."""
+
+    google: Switch
+    google_url: str
+    gateway: Switch
+    gateway_url: str
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    google, gateway = Switch(), Switch()
+    with serve(google) as google_url, serve(gateway) as gateway_url:
+        yield Servers(google, google_url, gateway, gateway_url)
 
 
 @contextmanager

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.anyio
 IAP_AUDIENCE = "iap-oauth-client.apps.googleusercontent.com"
 ROBOT = "ci-bot@example-project.iam.gserviceaccount.com"
 TARGET = "claude-user@example-project.iam.gserviceaccount.com"
+METADATA_URL = re.compile(r"http://(metadata\.google\.internal|169\.254\.169\.254)(/.*)?$")
 IAM_ID_TOKEN_URL = f"https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{TARGET}:generateIdToken"
 
 
@@ -244,22 +246,22 @@ async def test_adc_service_account_key_mints_an_id_token_for_the_iap_audience(
 
 
 async def test_adc_on_google_cloud_uses_the_metadata_server(google_key: GoogleKey) -> None:
-    identity_url = "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity"
-
-    def identity(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+    def metadata_server(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        flavor = {"Metadata-Flavor": "Google"}
         assert request.headers["Metadata-Flavor"] == "Google"
-        params = dict(parse_qsl(urlsplit(request.url or "").query))
-        return 200, {"Metadata-Flavor": "Google"}, google_key.id_token(ROBOT, audience=params["audience"])
+        url = urlsplit(request.url or "")
+        if url.path in {"", "/"}:
+            return 200, flavor, ""
+        if url.path.endswith("/service-accounts/default/"):
+            return 200, flavor | {"Content-Type": "application/json"}, json.dumps({"email": ROBOT, "aliases": []})
+        if url.path.endswith("/service-accounts/default/identity"):
+            audience = dict(parse_qsl(url.query))["audience"]
+            return 200, flavor, google_key.id_token(ROBOT, audience=audience)
+        return 404, flavor, "not found"
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as metadata:
-        metadata.add(responses.GET, "http://169.254.169.254/", headers={"Metadata-Flavor": "Google"})
-        metadata.add(
-            responses.GET,
-            "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/",
-            json={"email": ROBOT, "aliases": ["default"], "scopes": []},
-            headers={"Metadata-Flavor": "Google"},
-        )
-        metadata.add_callback(responses.GET, identity_url, callback=identity)
+        for method in (responses.GET, responses.POST):
+            metadata.add_callback(method, METADATA_URL, callback=metadata_server)
         minted = await build_provider(shim_settings(credentials="adc", audience=IAP_AUDIENCE)).get()
 
     assert minted.email == ROBOT and minted.audience == IAP_AUDIENCE
@@ -267,7 +269,7 @@ async def test_adc_on_google_cloud_uses_the_metadata_server(google_key: GoogleKe
 
 async def test_adc_without_credentials_says_what_to_set() -> None:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as metadata:
-        metadata.add(responses.GET, "http://169.254.169.254/", status=404)  # not on Google Cloud
+        metadata.add(responses.GET, METADATA_URL, status=404)  # not on Google Cloud
         with pytest.raises(AuthError, match="GOOGLE_APPLICATION_CREDENTIALS"):
             await build_provider(shim_settings(credentials="adc", audience=IAP_AUDIENCE)).get()
 

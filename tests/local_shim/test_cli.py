@@ -18,8 +18,16 @@ import respx
 
 from local_shim.cli import child_environment, main
 from local_shim.store import StoredLogin, TokenStore, local_secret
-from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, GOOGLE_TOKEN_URL, FakeGoogle, FakeIAP, GoogleKey
-from tests.support.servers import FakeUpstream, Reply, serve
+from tests.local_shim.conftest import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    GOOGLE_TOKEN_URL,
+    FakeGoogle,
+    FakeIAP,
+    GoogleKey,
+    Servers,
+)
+from tests.support.servers import FakeUpstream, Reply
 
 
 @pytest.fixture(autouse=True)
@@ -44,33 +52,22 @@ class Gateway:
 
 
 @pytest.fixture
-def configured(google: FakeGoogle, google_key: GoogleKey, config_dir: Path) -> Iterator[Gateway]:
+def configured(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: Servers) -> Gateway:
     """`claude-shim configure` done against a fake Google and a fake IAP + gateway, and Ada signed in."""
     upstream = FakeUpstream()
     upstream.reply = lambda seen: Reply(200, [("content-type", "application/json")], [b'{"status":"ok"}'])
     iap = FakeIAP(upstream, google_key)
-    with serve(google.asgi()) as google_url, serve(iap) as iap_url:
-        assert (
-            main(
-                [
-                    "configure",
-                    "--gateway-url",
-                    iap_url,
-                    "--oauth-client-id",
-                    CLIENT_ID,
-                    "--oauth-client-secret",
-                    CLIENT_SECRET,
-                ]
-            )
-            == 0
-        )
-        # Google's endpoints are settings so that tests (and only tests) point them at fakes.
-        config = config_dir / "config.json"
-        config.write_text(config.read_text().replace("{", f'{{"token_endpoint": "{google_url}/token",', 1))
-        TokenStore(config_dir).save(
-            StoredLogin(refresh_token=google.sign_in("ada@example.com"), client_id=CLIENT_ID, email="ada@example.com")
-        )
-        yield Gateway(google, iap, upstream)
+    servers.google.app = google.asgi()
+    servers.gateway.app = iap
+    command = ["configure", "--gateway-url", servers.gateway_url]
+    assert main([*command, "--oauth-client-id", CLIENT_ID, "--oauth-client-secret", CLIENT_SECRET]) == 0
+    # Google's endpoints are settings so that tests (and only tests) point them at fakes.
+    config = config_dir / "config.json"
+    config.write_text(config.read_text().replace("{", f'{{"token_endpoint": "{servers.google_url}/token",', 1))
+    TokenStore(config_dir).save(
+        StoredLogin(refresh_token=google.sign_in("ada@example.com"), client_id=CLIENT_ID, email="ada@example.com")
+    )
+    return Gateway(google, iap, upstream)
 
 
 def test_env_prints_export_lines_a_shell_can_eval(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

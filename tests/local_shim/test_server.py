@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,18 @@ from local_shim.config import ShimSettings
 from local_shim.errors import ConfigError
 from local_shim.server import bind_loopback
 from local_shim.store import StoredLogin, TokenStore
-from tests.local_shim.conftest import CLIENT_ID, FakeGoogle, FakeIAP, GoogleKey, json_of, run_shim, shim_settings
+from tests.local_shim.conftest import (
+    CLIENT_ID,
+    FakeGoogle,
+    FakeIAP,
+    GoogleKey,
+    Servers,
+    json_of,
+    run_shim,
+    shim_settings,
+)
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
-from tests.support.servers import FakeUpstream, Reply, serve
+from tests.support.servers import FakeUpstream, Reply
 
 SECRET = "local-secret-for-tests"
 
@@ -43,15 +51,16 @@ class Stack:
 
 
 @pytest.fixture
-def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path) -> Iterator[Stack]:
+def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: Servers) -> Stack:
     TokenStore(config_dir).save(
         StoredLogin(refresh_token=google.sign_in("ada@example.com"), client_id=CLIENT_ID, email="ada@example.com")
     )
     gateway = FakeUpstream()
     gateway.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["Hello", " from", " the gateway"]))
     iap = FakeIAP(gateway, google_key)
-    with serve(google.asgi()) as google_url, serve(iap) as iap_url:
-        yield Stack(google, iap, gateway, google_url, iap_url)
+    servers.google.app = google.asgi()
+    servers.gateway.app = iap
+    return Stack(google, iap, gateway, servers.google_url, servers.gateway_url)
 
 
 def sdk(base_url: str, secret: str = SECRET) -> anthropic.Anthropic:
