@@ -113,7 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
 
+    # `/healthz` for Cloud Run's probes; `/health` for checks over the service URL, where Google's front end
+    # reserves some paths ending in `z`.
     @app.get("/healthz", include_in_schema=False)
+    @app.get("/health", include_in_schema=False)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 

@@ -85,8 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(**overrides)
     if settings.policy_file:
         _load_policy(settings.policy_file)  # a bad file is refused here in one readable line, not in a traceback
-    configure_logging(settings.log_level, structured=True, project=settings.google_cloud_project)
     _check_port_free(settings.host, settings.port)
+    configure_logging(settings.log_level, structured=True, project=settings.google_cloud_project)
     uvicorn.Server(_uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)).run()
     return 0
 
@@ -109,8 +109,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         upstream_url=probe.upstream_url if real_upstream else base + MOCK_PREFIX,
         audit_sink=f"sqlite:///{args.audit_db}",
     )
-    configure_logging(settings.log_level, structured=False)
     _check_port_free(host, port)
+    configure_logging(settings.log_level, structured=False)
 
     email = args.user
     gateway_app = create_app(settings)

@@ -85,7 +85,7 @@ class ShimSettings(BaseSettings):
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     token_header: Literal["authorization", "proxy-authorization", "both"] = "authorization"
     token_store: Literal["auto", "keyring", "file"] = "auto"
-    health_path: str = "/healthz"
+    health_path: str = "/health"
 
     authorization_endpoint: str = GOOGLE_AUTHORIZATION_ENDPOINT
     token_endpoint: str = GOOGLE_TOKEN_ENDPOINT

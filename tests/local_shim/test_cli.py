@@ -133,8 +133,8 @@ def test_status_shows_who_is_signed_in_and_that_the_gateway_answers(
     out = capsys.readouterr().out
     assert "ok  ] sign-in: ada@example.com (stored in the system keyring)" in out
     assert f"ID token: for ada@example.com, audience {CLIENT_ID}, valid until" in out
-    assert "/healthz answered HTTP 200" in out
-    assert [seen.path for seen in configured.upstream.requests] == ["/healthz"]
+    assert "/health answered HTTP 200" in out
+    assert [seen.path for seen in configured.upstream.requests] == ["/health"]
 
 
 def test_doctor_reports_an_iap_denial_with_its_fix(configured: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
