@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -343,7 +344,7 @@ def _parse_body(scope: Scope, body: bytes) -> ParsedBody:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise GatewayError(400, f"Request body is not valid JSON: {exc}", outcome="bad_request") from None
+        data = _loads_lenient(body, exc)
     if not isinstance(data, dict):
         raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
     model = data.get("model")
@@ -353,6 +354,15 @@ def _parse_body(scope: Scope, body: bytes) -> ParsedBody:
         stream=data.get("stream") is True,
         max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
     )
+
+
+def _loads_lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """JSON orjson refuses only for a lone surrogate escape (`"\\ud83d"`, a string cut mid-emoji by a JavaScript
+    client) is still JSON the upstream may accept: the standard library reads it."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise GatewayError(400, f"Request body is not valid JSON: {error}", outcome="bad_request") from None
 
 
 def _upstream_failure(status: int, what: str, exc: Exception) -> GatewayError:

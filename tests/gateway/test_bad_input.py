@@ -100,3 +100,15 @@ def test_a_flood_of_bad_requests_leaves_the_worker_serving(stack: Stack) -> None
 
     assert httpx.get(stack.url + "/healthz").status_code == 200
     assert len(stack.rows(len(bodies))) == len(bodies)
+
+
+def test_lone_surrogate_escape_is_relayed_not_refused(stack: Stack) -> None:
+    """A JavaScript client cutting a string mid-emoji sends `\\ud83d` alone: valid JSON, though orjson refuses it."""
+    body = b'{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "cut \\ud83d"}]}'
+
+    response = httpx.post(stack.url + "/v1/messages", content=body,
+                          headers={"content-type": "application/json", **stack.headers()})
+
+    assert response.status_code == 200
+    assert stack.upstream.requests[-1].body == body
+    assert stack.rows(1)[0]["requested_model"] == "claude-haiku-4-5"
