@@ -257,7 +257,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 
     settings = load_settings(dev_mode=True)
     try:
-        rows = list(load_rows(args.file))
+        rows, skipped = load_rows(args.file)
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read {args.file}: {exc}") from None
     unique = distinct_rows(rows)
@@ -270,7 +270,8 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
         result = asyncio.run(replay(sink, unique, batch_size=args.batch_size))
     except (SinkConfigError, RuntimeError) as exc:
         raise CLIError(str(exc)) from None
-    say(f"{args.file}: {len(rows)} rows, {len(unique)} requests; {result.written} written to {sink.name}")
+    say(f"{args.file}: {len(rows)} rows, {len(unique)} requests ({skipped} other lines); "
+        f"{result.written} written to {sink.name}")
     for request_id, reason in result.rejected:
         say(f"  rejected {request_id}: {reason}")
     if result.unsent:

@@ -8,7 +8,6 @@ import os
 import secrets
 import tempfile
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +42,7 @@ class Spill:
         self._reader: io.BufferedReader | None = None
         self._reading: Path | None = None
         self._uncommitted = 0
+        self._committed_at = 0  # offset in the file being read up to which rows are settled
 
     def prepare(self) -> list[Path]:
         """Create the directory and prove it writable; the spill files other processes left there."""
@@ -88,12 +88,22 @@ class Spill:
         """The rows last read are settled: count them off, and delete the file once it is read to the end."""
         self.pending_rows = max(0, self.pending_rows - self._uncommitted)
         self._uncommitted = 0
-        if self._reader is not None and self._reader.peek(1) == b"":
+        if self._reader is None:
+            return
+        self._committed_at = self._reader.tell()
+        if self._reader.peek(1) == b"":
             self._reader.close()
             self._reader = None
+            self._committed_at = 0
             if self._reading is not None:
                 self._reading.unlink(missing_ok=True)
                 self._reading = None
+
+    def rewind(self) -> None:
+        """The rows last read were not settled: read them again next time."""
+        if self._reader is not None:
+            self._reader.seek(self._committed_at)
+        self._uncommitted = 0
 
     def close(self) -> list[Path]:
         """Close the files; the ones that still hold unsettled rows."""
@@ -119,19 +129,29 @@ class Spill:
         return True
 
 
-def load_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Audit rows from a spill file or from audit_fallback log entries, as JSON lines or a JSON array
-    (what `gcloud logging read --format=json` prints); numbers are given back their column types."""
+def load_rows(path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Audit rows from a spill file, or from audit_fallback entries in a log (JSON lines, or the JSON array
+    `gcloud logging read --format=json` prints), with integer columns made integers again; and how many
+    lines held no row (other log lines, or a line a crash cut short)."""
     data = Path(path).read_bytes()
-    entries: list[Any]
+    entries: list[Any] = []
+    skipped = 0
     if data.lstrip()[:1] == b"[":
         entries = orjson.loads(data)
     else:
-        entries = [orjson.loads(line) for line in data.splitlines() if line.strip()]
+        for line in data.splitlines():
+            try:
+                entries.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                skipped += bool(line.strip())
+    rows = []
     for entry in entries:
         row = _row_of(entry)
         if row is not None and isinstance(row.get("request_id"), str):
-            yield coerce_row(row)
+            rows.append(coerce_row(row))
+        else:
+            skipped += 1
+    return rows, skipped
 
 
 def _row_of(entry: Any) -> dict[str, Any] | None:

@@ -73,6 +73,8 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._healthy = True  # the last write was accepted: the spill may be replayed
+        self._probe_delay = 0.5
+        self._next_probe = 0.0
         self._next_report = self._now() + COUNTER_LOG_SECONDS
         self._reported = asdict(self.counters)
 
@@ -113,7 +115,7 @@ class AuditWriter:
             logger.exception("audit row %s could not be serialised", record.request_id)
             return
         if self._closed:
-            self._fail_over([(row, 0)], "audit writer already closed")
+            self._log_fallback(row, "audit writer already closed")
         elif len(self._queue) >= self._queue_size:
             self._spill_over(row)
         else:
@@ -175,11 +177,38 @@ class AuditWriter:
             while self._queue:
                 await self._send_queued(self._now() + self._retry_max_seconds)
                 self._report_now_and_then()
-            if self._healthy and self._spill.pending_rows:
-                await self._replay_batch(self._now() + self._retry_max_seconds)
-                if self._spill.pending_rows:
-                    self._wakeup.set()  # carry on with the next batch at once
+            if self._spill.pending_rows:
+                if self._healthy:
+                    await self._replay_batch(self._now() + self._retry_max_seconds)
+                    if self._spill.pending_rows:
+                        self._wakeup.set()  # carry on with the next batch at once
+                elif self._now() >= self._next_probe:
+                    await self._probe()
             self._report_now_and_then()
+
+    async def _probe(self) -> None:
+        """No traffic to show the sink is back: try one spilled row, once; it stays spilled if that fails."""
+        rows = [row for row, _ in self._spill.read_batch(1)]
+        if not rows:
+            self._spill.commit()
+            return
+        try:
+            async with asyncio.timeout(self._max_backoff):
+                await self.sink.write(rows)
+        except (RowsRejected, BatchRefused) as exc:
+            # The sink answers: the row is the trouble, not the sink.
+            self._spill.commit()
+            self._healthy = True
+            self._reject(rows[0], exc.rejected[0][1] if isinstance(exc, RowsRejected) and exc.rejected else str(exc))
+        except Exception as exc:
+            self._spill.rewind()
+            self._probe_delay = min(self._probe_delay * 2, self._max_backoff)
+            self._next_probe = self._now() + self._probe_delay
+            logger.info("audit sink %s still unavailable (%s)", self.sink.name, exc)
+        else:
+            self._spill.commit()
+            self._healthy = True
+            self._note_written(len(rows), replay=True)
 
     def _report_now_and_then(self) -> None:
         """The counters in the log once a minute, when they have moved."""
@@ -262,6 +291,7 @@ class AuditWriter:
         await self._deliver(batch[half:], deadline, replay=replay)
 
     def _note_written(self, count: int, replay: bool) -> None:
+        self._probe_delay = 0.5
         self.counters.written += count
         if replay:
             self.counters.replayed += count

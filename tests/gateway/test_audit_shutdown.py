@@ -1,0 +1,178 @@
+"""SIGTERM to a real `claude-gateway serve` process (as Cloud Run sends it, with 10 s to go) while audit rows are
+queued: they reach BigQuery, or the audit_fallback log when BigQuery is down, from which `audit replay` sends them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from gateway.audit.bigquery import TableRef
+from gateway.cli import main
+from gateway.dev.iap import AssertionSigner
+from tests.gateway.conftest import API_KEY, AUDIENCE
+from tests.support.anthropic_sse import JSON_HEADERS, message_json
+from tests.support.bqemulator import Emulator, Relay, free_port, shared_emulator
+from tests.support.servers import FakeUpstream, Reply
+
+pytestmark = pytest.mark.slow
+
+CLOUD_RUN_GRACE = 10.0
+ROWS = 25
+
+
+@pytest.fixture
+def emulator() -> Emulator:
+    return shared_emulator()
+
+
+@pytest.fixture
+def relay(emulator: Emulator) -> Iterator[Relay]:
+    relay = Relay(("127.0.0.1", int(emulator.url.rsplit(":", 1)[1])))
+    relay.up()
+    yield relay
+    relay.down()
+
+
+@contextmanager
+def gateway_process(table: TableRef, bigquery_url: str, upstream_url: str, tmp_path: Path) -> Iterator[
+    tuple[subprocess.Popen[bytes], str, Path]
+]:
+    """`claude-gateway serve` configured from the environment, rows held in its queue (a flush only when
+    50,000 rows are queued or after ten minutes), its stdout (Cloud Logging JSON lines) in a file."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "GOOGLE_"))}
+    env |= {
+        "PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_IAP_AUDIENCE": AUDIENCE,
+        "GATEWAY_IAP_CERTS_URL": f"{upstream_url}/iap/public_key",
+        "GATEWAY_UPSTREAM_URL": upstream_url,
+        "GATEWAY_ANTHROPIC_API_KEY": API_KEY,
+        "GATEWAY_AUDIT_SINK": f"bigquery://{table.project}/{table.dataset}/{table.table}",
+        "GATEWAY_BIGQUERY_ENDPOINT": bigquery_url,
+        "GATEWAY_BIGQUERY_ANONYMOUS": "1",
+        "GATEWAY_AUDIT_FLUSH_MS": "600000",
+        "GATEWAY_AUDIT_BATCH_SIZE": "10000",
+        "GATEWAY_AUDIT_SPILL_DIR": str(tmp_path / "spill"),
+        "GATEWAY_ACCESS_LOG": "false",
+    }
+    stdout = tmp_path / "stdout.log"
+    with stdout.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], stdout=out,
+                                   stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway did not start:\n{stdout.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield process, url, stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def iap_headers(signer: AssertionSigner) -> dict[str, str]:
+    assertion = signer.sign("ada@example.com", audience=AUDIENCE, hd="example.com")
+    return {"x-goog-iap-jwt-assertion": assertion, "anthropic-version": "2023-06-01"}
+
+
+def send_requests(url: str, upstream: FakeUpstream, signer_headers: dict[str, str]) -> list[str]:
+    upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("ok")])
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        return [
+            client.post("/v1/messages", json=body, headers=signer_headers).headers["x-gateway-request-id"]
+            for _ in range(ROWS)
+        ]
+
+
+def terminate(process: subprocess.Popen[bytes]) -> float:
+    """SIGTERM, then the seconds the process took to exit; it must be within Cloud Run's grace period."""
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(CLOUD_RUN_GRACE)
+    return time.monotonic() - started
+
+
+def clean_exit(process: subprocess.Popen[bytes], stdout: Path) -> bool:
+    """uvicorn finishes its shutdown, then re-raises the SIGTERM it caught, so -15 is a clean exit too."""
+    return process.returncode in (0, -signal.SIGTERM) and b"Application shutdown complete" in stdout.read_bytes()
+
+
+def queued(url: str) -> int:
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("gateway_audit_queue_rows"):
+            return int(float(line.rsplit(" ", 1)[1]))
+    raise AssertionError("no queue gauge")
+
+
+def count_rows(emulator: Emulator, table: TableRef) -> list[str]:
+    return [row["request_id"] for row in
+            emulator.query(f"SELECT request_id FROM {table.sql} WHERE timestamp >= TIMESTAMP '2000-01-01'")]
+
+
+def test_sigterm_writes_queued_rows_to_bigquery_before_exit(
+    emulator: Emulator, relay: Relay, upstream: tuple[FakeUpstream, str], signer: AssertionSigner, tmp_path: Path
+) -> None:
+    fake, fake_url = upstream
+    table = emulator.new_table()
+    headers = iap_headers(signer)
+    with gateway_process(table, relay.url, fake_url, tmp_path) as (process, url, stdout):
+        sent = send_requests(url, fake, headers)
+        assert queued(url) == ROWS and count_rows(emulator, table) == []
+        took = terminate(process)
+
+    assert clean_exit(process, stdout), stdout.read_text()[-3000:]
+    assert sorted(count_rows(emulator, table)) == sorted(sent)
+    assert took < CLOUD_RUN_GRACE
+    assert b'"audit_fallback"' not in stdout.read_bytes()
+    print(f"\n{ROWS} queued rows written to BigQuery; exited {took:.1f}s after SIGTERM")
+
+
+def test_sigterm_with_bigquery_down_logs_queued_rows_as_audit_fallback_and_replay_sends_them(
+    emulator: Emulator, relay: Relay, upstream: tuple[FakeUpstream, str], signer: AssertionSigner, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake, fake_url = upstream
+    table = emulator.new_table()
+    headers = iap_headers(signer)
+    with gateway_process(table, relay.url, fake_url, tmp_path) as (process, url, stdout):
+        sent = send_requests(url, fake, headers)
+        relay.down()
+        took = terminate(process)
+
+    fallback = [entry for entry in map(orjson.loads, stdout.read_bytes().splitlines())
+                if entry.get("message") == "audit_fallback"]
+    assert clean_exit(process, stdout)
+    assert took < CLOUD_RUN_GRACE
+    assert {entry["audit_fallback"]["request_id"] for entry in fallback} == set(sent)
+    assert all(entry["severity"] == "ERROR" and entry["reason"] for entry in fallback)
+    assert count_rows(emulator, table) == []
+    print(f"\nBigQuery down: {ROWS} queued rows logged as audit_fallback; exited {took:.1f}s after SIGTERM")
+
+    relay.up()
+    monkeypatch.setenv("GATEWAY_BIGQUERY_ENDPOINT", relay.url)
+    monkeypatch.setenv("GATEWAY_BIGQUERY_ANONYMOUS", "1")
+    sink = f"bigquery://{table.project}/{table.dataset}/{table.table}"
+    assert main(["audit", "replay", str(stdout), "--sink", sink]) == 0
+
+    assert sorted(count_rows(emulator, table)) == sorted(sent)
+    assert f"{ROWS} written to bigquery" in capsys.readouterr().out

@@ -1,0 +1,278 @@
+"""The audit writer against a scriptable sink: spill, fallback log, replay, splitting, the shutdown budget.
+
+The end-to-end versions, through a real gateway into the BigQuery emulator, are in test_bigquery_sink.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.audit.record import AuditRecord
+from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
+from gateway.audit.spill import Spill, load_rows
+from gateway.audit.writer import MAX_ROUNDS, AuditWriter
+
+pytestmark = pytest.mark.anyio
+
+
+class ScriptedSink:
+    """Keeps rows in memory; `fail(rows)` may return an exception to raise instead of writing them."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.rows: Counter[str] = Counter()
+        self.calls = 0
+        self.delay = 0.0
+        self.fail: Callable[[list[dict[str, Any]]], Exception | None] = lambda rows: None
+
+    async def open(self) -> None:
+        pass
+
+    async def write(self, rows: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        error = self.fail(rows)
+        if isinstance(error, RowsRejected):
+            refused = {index for index, _ in error.rejected}
+            self.rows.update(row["request_id"] for i, row in enumerate(rows) if i not in refused)
+        if error is not None:
+            raise error
+        self.rows.update(row["request_id"] for row in rows)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def record(n: int, **fields: Any) -> AuditRecord:
+    fields = {"method": "POST", "path": "/v1/messages", "status_code": 200, **fields}
+    return AuditRecord(f"req-{n:04d}", datetime.now(UTC), **fields)
+
+
+def fallback_ids(caplog: pytest.LogCaptureFixture) -> Counter[str]:
+    return Counter(
+        r.json_fields["audit_fallback"]["request_id"] for r in caplog.records if r.getMessage() == "audit_fallback"
+    )
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def writer_for(sink: ScriptedSink, tmp_path: Path, **options: Any) -> AuditWriter:
+    options = {"batch_size": 5, "flush_interval": 0.01, "spill_dir": str(tmp_path / "spill"), **options}
+    return AuditWriter(sink, **options)
+
+
+async def test_rows_beyond_the_queue_bound_are_spilled_logged_and_replayed_when_the_sink_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkUnavailable("connection refused")
+    writer = writer_for(sink, tmp_path, queue_size=5, retry_max_seconds=30)
+    await writer.start()
+
+    for n in range(20):
+        writer.submit(record(n))
+    spilled = writer.counters.spilled
+    sink.fail = lambda rows: None
+    await wait_for(lambda: len(sink.rows) == 20)
+    await writer.aclose()
+
+    assert spilled >= 10  # at most one batch in flight and a full queue stayed in memory
+    assert writer.counters.replayed == spilled
+    assert set(fallback_ids(caplog)) >= {f"req-{n:04d}" for n in range(15, 20)}  # spilled rows are logged too
+    assert max(sink.rows.values()) == 1
+    assert writer.counters.dropped == 0
+    assert not list((tmp_path / "spill").glob("*.jsonl"))
+
+
+async def test_a_batch_that_keeps_failing_goes_to_the_log_and_the_spill_after_retry_max_seconds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkUnavailable("connection refused")
+    writer = writer_for(sink, tmp_path, retry_max_seconds=0.3)
+    await writer.start()
+
+    for n in range(3):
+        writer.submit(record(n))
+    await wait_for(lambda: writer.counters.failed_over == 3)
+
+    assert writer.counters.spilled == 3 and writer.spill_pending == 3
+    assert writer.counters.retried >= 3  # tried more than once, with backoff, before giving up
+    assert set(fallback_ids(caplog)) == {"req-0000", "req-0001", "req-0002"}
+    fallback = next(r for r in caplog.records if r.getMessage() == "audit_fallback")
+    assert "connection refused" in fallback.json_fields["reason"]
+    await writer.aclose()
+
+
+async def test_rows_the_sink_rejects_are_logged_with_the_row_and_reason_and_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ScriptedSink()
+    sink.fail = lambda rows: RowsRejected([(1, "invalid: no such field: extra.")])
+    writer = writer_for(sink, tmp_path, batch_size=3)
+    await writer.start()
+
+    for n in range(3):
+        writer.submit(record(n))
+    await writer.aclose()
+
+    assert sink.calls == 1
+    assert set(sink.rows) == {"req-0000", "req-0002"}
+    assert fallback_ids(caplog) == Counter({"req-0001": 1})
+    rejected = next(r for r in caplog.records if r.getMessage() == "audit_fallback")
+    assert "no such field" in rejected.json_fields["reason"]
+    assert writer.counters.rejected == 1 and writer.counters.written == 2 and writer.counters.dropped == 0
+
+
+async def test_a_row_the_server_chokes_on_is_found_by_splitting_and_the_rest_written_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The BigQuery emulator answers a bad row with a 500 for the whole request."""
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkServerError("500") if any(r["path"] == "/poison" for r in rows) else None
+    writer = writer_for(sink, tmp_path, batch_size=8, retry_max_seconds=1.5)
+    await writer.start()
+
+    for n in range(8):
+        writer.submit(record(n, path="/poison") if n == 5 else record(n))
+    await wait_for(lambda: writer.counters.failed_over == 1)
+    await writer.aclose()
+
+    assert set(sink.rows) == {f"req-{n:04d}" for n in range(8) if n != 5}
+    assert max(sink.rows.values()) == 1
+    assert fallback_ids(caplog)["req-0005"] >= 1
+    assert writer.counters.dropped == 0
+
+
+async def test_a_row_failed_over_max_rounds_times_is_left_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkServerError("500") if any(r["path"] == "/poison" for r in rows) else None
+    writer = writer_for(sink, tmp_path, batch_size=1, retry_max_seconds=0.2)
+    await writer.start()
+
+    writer.submit(record(0, path="/poison"))
+    n = 1
+    # Each good row shows the sink is up, which lets the writer replay the spilled row for another round.
+    while writer.spill_pending or writer.counters.failed_over < MAX_ROUNDS:
+        writer.submit(record(n))
+        n += 1
+        await asyncio.sleep(0.05)
+        assert n < 200
+    await writer.aclose()
+
+    assert fallback_ids(caplog)["req-0000"] == MAX_ROUNDS
+    assert any("left to the audit_fallback log" in r.getMessage() for r in caplog.records)
+    assert writer.counters.dropped == 0
+
+
+async def test_close_writes_what_is_queued(tmp_path: Path) -> None:
+    sink = ScriptedSink()
+    writer = writer_for(sink, tmp_path, batch_size=100, flush_interval=60)
+    await writer.start()
+
+    for n in range(50):
+        writer.submit(record(n))
+    assert writer.pending == 50
+    await writer.aclose()
+
+    assert len(sink.rows) == 50 and writer.counters.written == 50
+
+
+async def test_close_keeps_to_its_budget_and_logs_what_the_sink_did_not_take(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkUnavailable("connection refused")
+    writer = writer_for(sink, tmp_path, batch_size=100, flush_interval=60, shutdown_seconds=0.5)
+    await writer.start()
+
+    for n in range(10):
+        writer.submit(record(n))
+    started = time.monotonic()
+    await writer.aclose()
+
+    assert time.monotonic() - started < 1.5
+    assert set(fallback_ids(caplog)) == {f"req-{n:04d}" for n in range(10)}
+    assert writer.counters.dropped == 0
+    writer.submit(record(99))  # a straggler after close still reaches the log
+    assert fallback_ids(caplog)["req-0099"] == 1
+
+
+async def test_close_abandons_a_hung_write_at_the_deadline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sink = ScriptedSink()
+    sink.delay = 30
+    writer = writer_for(sink, tmp_path, batch_size=100, flush_interval=0.01, shutdown_seconds=0.3)
+    await writer.start()
+    writer.submit(record(1))
+    await asyncio.sleep(0.1)  # the write is under way, and hangs
+
+    started = time.monotonic()
+    await writer.aclose()
+
+    assert time.monotonic() - started < 1.0
+    assert fallback_ids(caplog)["req-0001"] == 1
+
+
+def test_spill_is_read_oldest_first_rewound_and_deleted_once_settled(tmp_path: Path) -> None:
+    spill = Spill(tmp_path)
+    assert spill.prepare() == []
+    for n in range(3):
+        spill.append({"request_id": f"a{n}"}, 0)
+
+    first = spill.read_batch(2)
+    spill.rewind()
+    again = spill.read_batch(2)
+    spill.commit()
+    spill.append({"request_id": "b0"}, 1)  # goes to a new file: the first is being read
+    rest = spill.read_batch(10)
+    spill.commit()
+    last = spill.read_batch(10)
+    spill.commit()
+
+    assert first == again == [({"request_id": "a0"}, 0), ({"request_id": "a1"}, 0)]
+    assert rest == [({"request_id": "a2"}, 0)]
+    assert last == [({"request_id": "b0"}, 1)]
+    assert spill.pending_rows == 0 and list(tmp_path.glob("*.jsonl")) == []
+
+
+def test_an_unwritable_spill_directory_is_a_start_up_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="not writable"):
+        Spill(tmp_path / "file" / "spill").prepare()
+
+
+def test_replay_reads_spill_files_fallback_log_lines_and_gcloud_json(tmp_path: Path) -> None:
+    row = record(7, input_tokens=12).to_row()
+    spill = tmp_path / "spill.jsonl"
+    spill.write_bytes(orjson.dumps({"row": row, "rounds": 1}) + b"\n")
+    log_lines = tmp_path / "stdout.log"
+    log_lines.write_bytes(
+        b'{"message": "gateway started"}\nTraceback (most recent call last):\n'
+        + orjson.dumps({"message": "audit_fallback", "audit_fallback": row}) + b"\n"
+    )
+    exported = tmp_path / "entries.json"
+    # Cloud Logging keeps numbers as doubles: integer columns come back as integers.
+    exported.write_bytes(orjson.dumps([{"jsonPayload": {"audit_fallback": {**row, "input_tokens": 12.0}}}]))
+
+    for path, other_lines in ((spill, 0), (log_lines, 2), (exported, 0)):
+        (loaded,), skipped = load_rows(path)
+        assert loaded == row and isinstance(loaded["input_tokens"], int)
+        assert skipped == other_lines
