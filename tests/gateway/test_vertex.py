@@ -174,7 +174,8 @@ def test_token_near_expiry_is_refreshed(vstack: VertexStack) -> None:
 
 def test_token_refresh_runs_off_the_event_loop_once_for_concurrent_requests(vstack: VertexStack) -> None:
     vstack.vertex.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
-    vstack.google.delay = 0.8
+    # A slow token endpoint: were the fetch on the event loop, /healthz would wait the whole 3 s for it.
+    vstack.google.delay = 3.0
     statuses: list[int] = []
     threads = [
         threading.Thread(target=lambda: statuses.append(vstack.post({**REQUEST, "stream": False}).status_code))
@@ -190,7 +191,8 @@ def test_token_refresh_runs_off_the_event_loop_once_for_concurrent_requests(vsta
     for thread in threads:
         thread.join()
 
-    assert health.status_code == 200 and health_seconds < 0.5  # the loop was free while the token was fetched
+    # The margin is wide on purpose: shared CI machines stall for hundreds of milliseconds at times.
+    assert health.status_code == 200 and health_seconds < 2.0  # the loop was free while the token was fetched
     assert statuses == [200] * 4
     assert len(vstack.google.grants) == 1
 
