@@ -166,7 +166,6 @@ def test_sigterm_with_bigquery_down_logs_queued_rows_as_audit_fallback_and_repla
     assert {entry["audit_fallback"]["request_id"] for entry in fallback} == set(sent)
     assert all(entry["severity"] == "ERROR" and entry["reason"] for entry in fallback)
     assert count_rows(emulator, table) == []
-    print(f"\nBigQuery down: {ROWS} queued rows logged as audit_fallback; exited {took:.1f}s after SIGTERM")
 
     relay.up()
     monkeypatch.setenv("GATEWAY_BIGQUERY_ENDPOINT", relay.url)
@@ -176,3 +175,5 @@ def test_sigterm_with_bigquery_down_logs_queued_rows_as_audit_fallback_and_repla
 
     assert sorted(count_rows(emulator, table)) == sorted(sent)
     assert f"{ROWS} written to bigquery" in capsys.readouterr().out
+    with capsys.disabled():
+        print(f"\nBigQuery down: {ROWS} queued rows logged as audit_fallback; exited {took:.1f}s after SIGTERM")

@@ -1,5 +1,5 @@
 -- Users ranked by estimated cost this week (since Monday 00:00 UTC); rank 1 spent the most.
--- Query e.g. `WHERE spend_rank <= 10`.
+-- For the top ten: WHERE spend_rank <= 10.
 -- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once.
 WITH audit AS (
   SELECT *
