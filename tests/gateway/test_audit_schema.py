@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.bigquery import CLUSTERING_FIELDS, PARTITION_FIELD
-from gateway.audit.bq_admin import PLACEHOLDER
+from gateway.audit.bq_admin import PLACEHOLDER, view_templates
 from gateway.audit.record import AuditRecord
 from gateway.audit.schema import COLUMN_NAMES
 from gateway.audit.sqlite import TABLE, create_table_sql
@@ -48,3 +48,10 @@ def test_the_sqlite_table_and_the_audit_record_have_the_bigquery_columns(tmp_pat
 
     assert columns == list(COLUMN_NAMES)
     assert {field.name for field in dataclasses.fields(AuditRecord)} == set(COLUMN_NAMES)
+
+
+def test_the_security_teams_guide_explains_every_column_and_view() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "security-teams.md").read_text()
+
+    assert [name for name in COLUMN_NAMES if f"| `{name}` |" not in guide] == []
+    assert [name for name in view_templates() if f"| `{name}` |" not in guide] == []
