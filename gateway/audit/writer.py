@@ -12,9 +12,10 @@ import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import AuditRecord, rfc3339
 from gateway.audit.sinks import AuditSink, BatchRefused, RowsRejected, SinkServerError, open_sink
 from gateway.audit.spill import Spill, default_spill_dir
 
@@ -61,7 +62,7 @@ class AuditWriter:
     ) -> None:
         self.sink = sink
         self.counters = AuditCounters()
-        self._queue: deque[Pending] = deque()
+        self._queue: deque[AuditRecord | dict[str, Any]] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -108,18 +109,13 @@ class AuditWriter:
 
     def submit(self, record: AuditRecord) -> None:
         """Queue a row; never blocks and never raises. Beyond the queue's bound, spill it (and log it)."""
-        try:
-            row = record.to_row()
-        except Exception:  # pragma: no cover - a dataclass of plain values always converts
-            self.counters.dropped += 1
-            logger.exception("audit row %s could not be serialised", record.request_id)
-            return
         if self._closed:
-            self._log_fallback(row, "audit writer already closed")
+            self._log_fallback(_row(record), "audit writer already closed")
         elif len(self._queue) >= self._queue_size:
-            self._spill_over(row)
+            self._spill_over(_row(record))
         else:
-            self._queue.append((row, 0))
+            # Kept as the record: turning it into a row costs more than the append, and happens in the batch.
+            self._queue.append(record)
             if len(self._queue) >= self._batch_size:
                 self._wakeup.set()
 
@@ -152,7 +148,7 @@ class AuditWriter:
         while self._queue and self._now() < deadline:
             await self._send_queued(deadline)
         if self._queue:
-            left = list(self._queue)
+            left = [(_row(item), 0) for item in self._queue]
             self._queue.clear()
             self._fail_over(left, f"{self.sink.name} did not take the rows within the shutdown budget")
         while self._spill.pending_rows and self._healthy and self._now() < deadline:
@@ -174,17 +170,24 @@ class AuditWriter:
             except TimeoutError:
                 pass
             self._wakeup.clear()
-            while self._queue:
-                await self._send_queued(self._now() + self._retry_max_seconds)
-                self._report_now_and_then()
-            if self._spill.pending_rows:
-                if self._healthy:
-                    await self._replay_batch(self._now() + self._retry_max_seconds)
-                    if self._spill.pending_rows:
-                        self._wakeup.set()  # carry on with the next batch at once
-                elif self._now() >= self._next_probe:
-                    await self._probe()
+            try:
+                await self._work()
+            except Exception:  # pragma: no cover - a bug here must not stop the audit trail
+                logger.exception("audit writer error; carrying on")
+                await asyncio.sleep(1)
+
+    async def _work(self) -> None:
+        while self._queue:
+            await self._send_queued(self._now() + self._retry_max_seconds)
             self._report_now_and_then()
+        if self._spill.pending_rows:
+            if self._healthy:
+                await self._replay_batch(self._now() + self._retry_max_seconds)
+                if self._spill.pending_rows:
+                    self._wakeup.set()  # carry on with the next batch at once
+            elif self._now() >= self._next_probe:
+                await self._probe()
+        self._report_now_and_then()
 
     async def _probe(self) -> None:
         """No traffic to show the sink is back: try one spilled row, once; it stays spilled if that fails."""
@@ -219,13 +222,16 @@ class AuditWriter:
                 self._log_counters("audit writer")
 
     async def _send_queued(self, deadline: float) -> None:
-        batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+        batch = [(_row(self._queue.popleft()), 0) for _ in range(min(self._batch_size, len(self._queue)))]
         try:
             await self._deliver(batch, deadline)
         except asyncio.CancelledError:
             # Stopping: the drain in aclose() writes or logs them. A write already under way may still
             # land, which is a duplicate (the same request id), never a loss.
-            self._queue.extendleft(reversed(batch))
+            self._queue.extendleft(row for row, _ in reversed(batch))
+            raise
+        except Exception:  # pragma: no cover - a bug in the writer: the rows still reach the log
+            self._fail_over(batch, "audit writer error")
             raise
 
     async def _replay_batch(self, deadline: float) -> None:
@@ -346,3 +352,14 @@ class AuditWriter:
     @staticmethod
     def _now() -> float:
         return time.monotonic()
+
+
+def _row(item: AuditRecord | dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(item, AuditRecord):
+        return item
+    try:
+        return item.to_row()
+    except Exception:  # pragma: no cover - a record of plain values always converts; keep at least the request
+        logger.exception("audit record %s could not be converted; writing its required columns only", item.request_id)
+        return {"request_id": str(item.request_id), "timestamp": rfc3339(datetime.now(UTC)), "method": str(item.method),
+                "path": str(item.path), "status_code": 0, "outcome": "gateway_error"}
