@@ -37,7 +37,7 @@ class Conn(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 
     __slots__ = ("request", "on_done", "transport", "buf", "sent_at", "first_at", "state",
-                 "remaining", "status", "chunked", "lost")
+                 "remaining", "status", "chunked", "lost", "closing")
 
     def __init__(self, request: bytes, on_done: Callable[[Conn, int, float, float, float], None]) -> None:
         self.request = request
@@ -50,6 +50,7 @@ class Conn(asyncio.Protocol):
         self.remaining = 0
         self.status = 0
         self.chunked = False
+        self.closing = False  # the server said `connection: close`: not to be reused
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,6 +90,8 @@ class Conn(asyncio.Protocol):
                     return
                 head = buf[pos:end].lower()
                 self.status = int(head[9:12])
+                if b"\r\nconnection: close" in head:
+                    self.closing = True
                 pos = end + 4
                 if b"\r\ntransfer-encoding: chunked" in head:
                     self.state = 3
@@ -225,6 +228,23 @@ async def connect(port: int, request: bytes, on_done: Callable[[Conn, int, float
     return conn
 
 
+def usable(conn: Conn) -> bool:
+    return conn.transport is not None and not conn.closing
+
+
+def replace(conn: Conn, port: int, conns: list[Conn], then: Callable[[Conn], None]) -> None:
+    """Swap a connection the server closed (or is closing) for a new one, then hand it to `then`."""
+
+    async def reconnect() -> None:
+        if conn.transport is not None:
+            conn.transport.close()
+        fresh = await connect(port, conn.request, conn.on_done)
+        conns[conns.index(conn)] = fresh
+        then(fresh)
+
+    asyncio.get_running_loop().create_task(reconnect())
+
+
 async def run_closed(port: int, request: bytes, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
     """Each connection sends its next request as soon as the previous reply ends."""
     rec = Recorder()
@@ -235,12 +255,14 @@ async def run_closed(port: int, request: bytes, concurrency: int, warmup: float,
     def on_done(conn: Conn, status: int, sent: float, first: float, done: float) -> None:
         nonlocal idle
         rec.add(status, sent, first, done)
-        if stopping or conn.transport is None:
+        if stopping:
             idle += 1
             if idle == concurrency and not all_idle.done():
                 all_idle.set_result(None)
-            return
-        conn.send()
+        elif usable(conn):
+            conn.send()
+        else:
+            replace(conn, port, conns, lambda fresh: fresh.send())
 
     conns = [await connect(port, request, on_done) for _ in range(concurrency)]
     for conn in conns:
@@ -273,9 +295,12 @@ async def run_count(port: int, request: bytes, concurrency: int, requests: int, 
             marker(f"PROGRESS {completed}")
         if completed == requests and not finished.done():
             finished.set_result(None)
-        if issued < requests and conn.transport is not None:
+        if issued < requests:
             issued += 1
-            conn.send()
+            if usable(conn):
+                conn.send()
+            else:
+                replace(conn, port, conns, lambda fresh: fresh.send())
 
     conns = [await connect(port, request, on_done) for _ in range(min(concurrency, requests))]
     rec.start()
@@ -304,8 +329,12 @@ async def run_open(port: int, request: bytes, rate: float, warmup: float, durati
 
     def on_done(conn: Conn, status: int, sent: float, first: float, done: float) -> None:
         rec.add(status, sent, first, done)
-        if conn.transport is None:
-            return
+        if not usable(conn):
+            replace(conn, port, conns, ready)
+        else:
+            ready(conn)
+
+    def ready(conn: Conn) -> None:
         if waiting:
             conn.send(started=waiting.popleft())
         else:
