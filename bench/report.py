@@ -9,6 +9,7 @@ LABELS = {
     "nginx": "nginx",
     "relay": "relay",
     "relay+meter": "relay+meter",
+    "relay-httpx2": "httpx2",
     "lean": "lean",
     "gateway": "gateway",
     "shim+gateway": "shim+gw",
@@ -41,10 +42,10 @@ def added(paths: dict[str, Any], name: str, phase: str, metric: str, pct: str) -
     return mine - base
 
 
-def cpu_per_1k(paths: dict[str, Any], name: str) -> float | None:
-    """Server CPU seconds per 1,000 requests in the concurrency-50 phase (nginx: master and worker; shim+gw:
-    both processes)."""
-    phase = (paths.get(name) or {}).get("c50")
+def cpu_per_1k(paths: dict[str, Any], name: str, phase_name: str = "c50") -> float | None:
+    """Server CPU seconds per 1,000 requests in a phase, concurrency 50 unless told (nginx: master and worker;
+    shim+gw: both processes)."""
+    phase = (paths.get(name) or {}).get(phase_name)
     if not phase or not phase.get("requests"):
         return None
     server = sum(phase["cpu"]["servers"].values())
@@ -72,6 +73,7 @@ def rows(paths: dict[str, Any]) -> list[tuple[str, dict[str, float | None], str]
         for pct in ("p50", "p99"):
             table.append((f"open {rate:.0f}/s {title} {pct}, ms (+)", _over_direct(paths, "open", metric, pct), "ms"))
     table.append((f"open {rate:.0f}/s achieved req/s", {n: _get(paths[n], "open", "rps") for n in paths}, "rps"))
+    table.append(("CPU s per 1k req (c=1, server)", {n: cpu_per_1k(paths, n, "c1") for n in paths}, "cpu"))
     table.append(("CPU s per 1k req (c=50, server)", {n: cpu_per_1k(paths, n) for n in paths}, "cpu"))
     table.append(("req/s one free core could carry", {n: _capacity(paths, n) for n in paths}, "rps"))
     table.append(("peak RSS, MB (server)", {n: _peak_mb(paths[n]) for n in paths}, "mb"))

@@ -27,6 +27,8 @@ from bench import micro, procs, report
 from bench.procs import Proc
 
 ALL_PATHS = ["direct", "nginx", "relay", "relay+meter", "lean", "gateway", "shim+gateway"]
+# Measured only when named in --paths: the bare relay on httpx2 (pydantic's fork, linear-time pool).
+EXTRA_PATHS = ["relay-httpx2"]
 AUDIENCE = "/projects/123456789/locations/us-central1/services/claude-gateway"
 NGINX_HINT = "apt-get install -y nginx-light   (or: apt-get install -y nginx)"
 
@@ -203,14 +205,18 @@ def start_path(bench: Bench, name: str, gateway: tuple[Proc, int] | None) -> tup
                                      "-g", "daemon off;"], cpu=bench.sut_cpu)
         procs.wait_ready(proc, port, bench.ready_request())
         return port, [proc]
-    if name in ("relay", "relay+meter", "lean"):
+    if name in ("relay", "relay+meter", "relay-httpx2", "lean"):
         port = procs.free_port()
         if name == "lean":
             argv = [sys.executable, "-m", "bench.lean_relay", "--port", str(port), "--upstream",
                     f"127.0.0.1:{bench.upstream_port}"]
         else:
             argv = [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream", upstream]
-        proc = bench.start(name, [*argv, "--meter"] if name == "relay+meter" else argv, cpu=bench.sut_cpu)
+        if name == "relay+meter":
+            argv.append("--meter")
+        elif name == "relay-httpx2":
+            argv += ["--client", "httpx2"]
+        proc = bench.start(name, argv, cpu=bench.sut_cpu)
         procs.wait_ready(proc, port, bench.ready_request())
         return port, [proc]
     assert gateway is not None
@@ -271,7 +277,7 @@ def soak(bench: Bench, gateway: Proc, port: int, requests: int, seconds: float) 
     }
 
 
-def profile(bench: Bench, gateway: Proc, port: int, seconds: float) -> dict[str, Any] | None:
+def profile(bench: Bench, gateway: Proc, port: int, seconds: float, concurrency: int) -> dict[str, Any] | None:
     from bench import profile as summariser
 
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -283,14 +289,17 @@ def profile(bench: Bench, gateway: Proc, port: int, seconds: float) -> dict[str,
                             "--rate", "200", "--format", "raw", "--output", str(out)],
                            stdout=subprocess.DEVNULL, stderr=(bench.run_dir / "py-spy.log").open("ab"))
     time.sleep(1.0)  # py-spy attaches
-    run_load(bench, port, ["--mode", "closed", "--concurrency", "50", "--warmup", "0",
-                           "--duration", str(seconds - 1)], [gateway])
+    load = run_load(bench, port, ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "0",
+                                  "--duration", str(seconds - 1)], [gateway])
     spy.wait(timeout=60)
     if not out.exists():
         say(f"  py-spy wrote no profile: {(bench.run_dir / 'py-spy.log').read_text()[-500:]}")
         return None
     stacks = summariser.parse_collapsed(out.read_text())
-    return {"summary": summariser.summarise(stacks), "stacks": dict(stacks)}
+    cpu = load["cpu"]["servers"]["gateway"]
+    return {"summary": summariser.summarise(stacks), "stacks": dict(stacks), "concurrency": concurrency,
+            "cpu_us_per_request": cpu / load["requests"] * 1e6 if load["requests"] else None,
+            "rps_while_profiled": load["rps"]}
 
 
 def machine() -> dict[str, Any]:
@@ -310,12 +319,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short phases and a 3,000-request soak (~1 minute)")
-    parser.add_argument("--paths", help="comma list of " + ", ".join(ALL_PATHS) + " (default: all; quick: all "
-                        "but relay+meter, whose cost the in-process metering measurement gives exactly)")
+    parser.add_argument("--paths", help="comma list of " + ", ".join(ALL_PATHS + EXTRA_PATHS) + " (default: all "
+                        "but relay-httpx2; quick: also not relay+meter, whose cost the in-process metering "
+                        "measurement gives exactly)")
     parser.add_argument("--soak", type=int, help="requests in the memory soak (default 100,000; quick 3,000; 0 off)")
     parser.add_argument("--soak-seconds", type=float, help="stop the soak after this long (default 240; quick 8)")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                        help="py-spy the gateway at concurrency 50 for this long, after the measured phases")
+                        help="py-spy the gateway for this long, after the measured phases")
+    parser.add_argument("--profile-concurrency", type=int, default=50, help="closed-loop concurrency while profiling")
     parser.add_argument("--deltas", type=int, default=50, help="text deltas in each streamed reply")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="upstream pause between deltas")
     parser.add_argument("--body-bytes", type=int, default=2000, help="approximate request body size")
@@ -330,7 +341,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.paths is None:
         args.paths = ",".join(p for p in ALL_PATHS if not (args.quick and p == "relay+meter"))
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = set(args.paths) - set(ALL_PATHS)
+    unknown = set(args.paths) - set(ALL_PATHS) - set(EXTRA_PATHS)
     if unknown:
         parser.error(f"unknown paths: {', '.join(sorted(unknown))}")
     if "direct" not in args.paths:
@@ -412,8 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  soak: {soak_requests:,} requests through the gateway (at most {seconds:.0f} s) ...")
                 results["soak"] = soak(bench, gateway[0], gateway[1], soak_requests, seconds)
             if args.profile > 0:
-                say(f"  profiling the gateway at c=50 for {args.profile:.0f} s with py-spy ...")
-                results["profile"] = profile(bench, gateway[0], gateway[1], args.profile)
+                say(f"  profiling the gateway at c={args.profile_concurrency} for {args.profile:.0f} s with py-spy ...")
+                results["profile"] = profile(bench, gateway[0], gateway[1], args.profile, args.profile_concurrency)
     except KeyboardInterrupt:
         say("interrupted: stopping what was started")
         return 130
@@ -452,6 +463,9 @@ def print_results(results: dict[str, Any]) -> None:
     if results.get("profile"):
         from bench import profile as summariser
 
-        per_1k = report.cpu_per_1k(paths, "gateway")
+        prof = results["profile"]
         say()
-        say(summariser.render(results["profile"]["summary"], per_1k * 1000 if per_1k else None))
+        say(f"Gateway profile at c={prof['concurrency']} ({prof['rps_while_profiled']:,.0f} req/s while sampled; "
+            f"us/req below are shares of the {prof['cpu_us_per_request'] or 0:,.0f} us of CPU each request took "
+            "then, py-spy's own pauses included):")
+        say(summariser.render(prof["summary"], prof["cpu_us_per_request"]))
