@@ -2,12 +2,14 @@
 
 Every POST gets the same streamed Messages reply (message_start with cache usage, `--deltas` text deltas,
 message_delta, message_stop) as chunked transfer encoding, the way Anthropic's API sends it over HTTP/1.1.
-With `--delay-ms 0` the whole reply goes out in one write, so the upstream costs a few microseconds per
-request and the relays in front of it are what gets measured. With a delay, each delta is its own chunk and
-write, `--delay-ms` apart, like a model producing tokens. `GET /iap/public_key` serves the IAP key map the
-gateway verifies assertions against.
+By default the whole reply goes out in one write, so the upstream costs a few microseconds per request and
+the relays in front of it are what gets measured. With `--per-event` each event is its own chunk and write,
+each sent at once (uvloop writes straight to the socket with TCP_NODELAY, so each leaves as its own segment,
+as a real stream's do), and with `--delay-ms` also that long apart, like a model producing tokens (the loop's
+timer has 1 ms resolution under uvloop). `GET /iap/public_key` serves the IAP key map the gateway verifies
+assertions against.
 
-Run: python -m bench.upstream --port 9000 [--deltas 50] [--delay-ms 0] [--keys keys.json]
+Run: python -m bench.upstream --port 9000 [--deltas 50] [--per-event] [--delay-ms 0] [--keys keys.json]
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def _chunk(data: bytes) -> bytes:
 class Reply:
     """The precomputed response bytes."""
 
-    def __init__(self, deltas: int, delay: float, keys: bytes) -> None:
+    def __init__(self, deltas: int, delay: float, keys: bytes, *, per_event: bool = False) -> None:
         head, body, tail = sse_events(deltas)
         self.delay = delay
+        self.paced = per_event or delay > 0
         self.whole = _SSE_HEAD + _chunk(head + b"".join(body) + tail) + b"0\r\n\r\n"
         self.first = _SSE_HEAD + _chunk(head)
         self.pieces = [_chunk(piece) for piece in body]
@@ -137,11 +140,17 @@ class Upstream(asyncio.Protocol):
                 return
             self.buf = self.buf[total:]
             if head.startswith(b"POST "):
-                if self.reply.delay:
+                if not self.reply.paced:
+                    self.transport.write(self.reply.whole)
+                elif not self.reply.delay:
+                    self.transport.write(self.reply.first)
+                    for piece in self.reply.pieces:
+                        self.transport.write(piece)
+                    self.transport.write(self.reply.last)
+                else:
                     self.busy = True
                     asyncio.get_running_loop().create_task(self._paced())
                     return
-                self.transport.write(self.reply.whole)
             elif head.startswith(b"GET /iap/public_key"):
                 self.transport.write(self.reply.keys)
             elif head.startswith(b"GET /healthz"):
@@ -179,11 +188,12 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--deltas", type=int, default=50)
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--per-event", action="store_true", help="one write per event, one loop turn apart")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="pause between deltas (implies --per-event)")
     parser.add_argument("--keys", type=Path, help="JSON file served at /iap/public_key")
     args = parser.parse_args()
     keys = args.keys.read_bytes() if args.keys else b"{}"
-    reply = Reply(args.deltas, args.delay_ms / 1000, keys)
+    reply = Reply(args.deltas, args.delay_ms / 1000, keys, per_event=args.per_event)
     try:
         import uvloop
     except ImportError:  # the plain loop works, only slower
