@@ -79,15 +79,8 @@ def init(
         (table.dataset, "Audit log of requests through the Claude gateway."),
         (views_dataset, "Security views over the Claude gateway audit table."),
     ):
-        dataset = bigquery.Dataset(f"{table.project}.{dataset_id}")
-        dataset.description = description
-        if location:
-            dataset.location = location
-        created = _step(
-            f"create dataset {table.project}.{dataset_id}", client.create_dataset, dataset, exists_ok=True,
-            retry=_retry(), timeout=TIMEOUT,
-        )
-        say(f"dataset {created.project}.{created.dataset_id} ready ({created.location or 'default location'})")
+        # The views must live where the table does: once the audit dataset exists, its location is the one.
+        location = _ensure_dataset(client, f"{table.project}.{dataset_id}", description, location, say)
 
     try:
         existing = _step(f"read table {table.path}", client.get_table, table.path, retry=_retry(), timeout=TIMEOUT)
@@ -127,6 +120,29 @@ def init(
         f"views need roles/bigquery.dataViewer on {table.project}.{views_dataset} and roles/bigquery.jobUser "
         f"on a project to run queries."
     )
+
+
+def _ensure_dataset(
+    client: bigquery.Client, dataset_id: str, description: str, location: str | None, say: Callable[[str], None]
+) -> str | None:
+    """The dataset's location, creating the dataset only if it is missing: an operator who owns existing
+    datasets needs no right to create one."""
+    from google.cloud import bigquery
+
+    try:
+        existing = _step(f"read dataset {dataset_id}", client.get_dataset, dataset_id, retry=_retry(), timeout=TIMEOUT)
+    except api.NotFound:
+        dataset = bigquery.Dataset(dataset_id)
+        dataset.description = description
+        dataset.location = location
+        created = _step(f"create dataset {dataset_id}", client.create_dataset, dataset, retry=_retry(),
+                        timeout=TIMEOUT)
+        say(f"dataset {dataset_id} created ({created.location or 'default location'})")
+        return location or created.location
+    if location and existing.location and location.lower() != existing.location.lower():
+        say(f"warning: dataset {dataset_id} is in {existing.location}, not {location}; a location cannot change")
+    say(f"dataset {dataset_id} exists ({existing.location or 'default location'})")
+    return existing.location or location
 
 
 def _upgrade_table(
