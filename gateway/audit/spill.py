@@ -47,7 +47,8 @@ class Spill:
     def prepare(self) -> list[Path]:
         """Create the directory and prove it writable; the spill files other processes left there."""
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            # Rows name people: only the gateway's own user may read them.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = self.directory / f".{self._prefix}probe"
             probe.write_bytes(b"")
             probe.unlink()
@@ -60,7 +61,8 @@ class Spill:
         if self._active is None:
             self._sequence += 1
             self._active_path = self.directory / f"{self._prefix}{self._sequence:06d}{SUFFIX}"
-            self._active = self._active_path.open("ab")
+            descriptor = os.open(self._active_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._active = os.fdopen(descriptor, "ab")
         self._active.write(orjson.dumps({"row": row, "rounds": rounds}) + b"\n")
         self._active.flush()
         self.pending_rows += 1

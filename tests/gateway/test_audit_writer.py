@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -19,6 +20,7 @@ from gateway.audit.record import AuditRecord
 from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
 from gateway.audit.spill import Spill, load_rows
 from gateway.audit.writer import MAX_ROUNDS, AuditWriter
+from tests.gateway.conftest import Stack
 
 pytestmark = pytest.mark.anyio
 
@@ -251,6 +253,31 @@ def test_spill_is_read_oldest_first_rewound_and_deleted_once_settled(tmp_path: P
     assert rest == [({"request_id": "a2"}, 0)]
     assert last == [({"request_id": "b0"}, 1)]
     assert spill.pending_rows == 0 and list(tmp_path.glob("*.jsonl")) == []
+
+
+def test_spill_files_are_readable_by_the_gateway_user_only(tmp_path: Path) -> None:
+    spill = Spill(tmp_path / "spill")
+    spill.prepare()
+    spill.append({"request_id": "a0", "user_email": "ada@example.com"}, 0)
+    (path,) = spill.close()
+
+    assert (tmp_path / "spill").stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_metrics_count_audit_rows_and_show_no_user_data(stack: Stack) -> None:
+    response = httpx.post(f"{stack.url}/v1/messages", json={"model": "m"}, headers=stack.headers())
+    stack.rows(1)
+    deadline = time.monotonic() + 5
+    while 'written_total{sink="sqlite"} 1' not in (metrics := httpx.get(f"{stack.url}/metrics")).text:
+        assert time.monotonic() < deadline, metrics.text
+        time.sleep(0.02)
+
+    assert response.status_code == 200 and metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'gateway_audit_rows_written_total{sink="sqlite"} 1' in metrics.text
+    assert 'gateway_audit_rows_dropped_total{sink="sqlite"} 0' in metrics.text
+    assert "ada@example.com" not in metrics.text and response.headers["x-gateway-request-id"] not in metrics.text
 
 
 def test_an_unwritable_spill_directory_is_a_start_up_error(tmp_path: Path) -> None:
