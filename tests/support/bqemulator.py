@@ -83,6 +83,7 @@ class Emulator:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.log.unlink(missing_ok=True)
 
 
 def start_emulator(timeout: float = 60.0) -> Emulator:
@@ -104,8 +105,9 @@ def start_emulator(timeout: float = 60.0) -> Emulator:
             return emulator
         except httpx.TransportError:
             if process.poll() is not None or time.monotonic() > deadline:
+                output = log.read_text()[-4000:]
                 emulator.stop()
-                raise RuntimeError(f"bqemulator did not start; its log:\n{log.read_text()[-4000:]}") from None
+                raise RuntimeError(f"bqemulator did not start; its log:\n{output}") from None
             time.sleep(0.1)
 
 
