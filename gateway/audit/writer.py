@@ -248,7 +248,9 @@ class AuditWriter:
         server_errors = 0
         while True:
             try:
-                async with asyncio.timeout(max(deadline - self._now(), 0.05)):
+                # Closing, the deadline is the shutdown budget's and holds; otherwise a last try may take its time.
+                remaining = deadline - self._now()
+                async with asyncio.timeout(max(remaining, 0.05) if self._closed else max(remaining, 10.0)):
                     await self.sink.write(rows)
             except RowsRejected as exc:
                 self._healthy = True
