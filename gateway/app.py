@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +16,11 @@ from gateway import __version__
 from gateway.audit import AuditWriter
 from gateway.audit.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.audit.metrics import prometheus_text
+from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
 from gateway.identity import IAPKeys, IAPVerifier
 from gateway.policy import AccessPolicy
+from gateway.policy.engine import GroupPolicy
 from gateway.policy.factory import open_policy
 from gateway.pricing import PriceTable
 from gateway.proxy import GatewayEndpoint
@@ -27,6 +30,8 @@ from gateway.upstreams.router import UpstreamRouter
 
 logger = logging.getLogger("gateway")
 
+# Of the ten seconds Cloud Run allows after SIGTERM, what finishing captures under way may take.
+CAPTURE_DRAIN_SECONDS = 1.0
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -40,9 +45,12 @@ class Gateway:
     models: ModelTable
     policy: AccessPolicy
     prices: PriceTable
+    capture: CapturePipeline | None
+    """Prompt capture, when a policy rule asks for it; None otherwise (and the relay does no capture work)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.capture = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -51,6 +59,8 @@ class Gateway:
         self.policy = await open_policy(settings)
         self.models = ModelTable.load(settings.models)
         self.writer = AuditWriter.from_settings(settings)
+        if isinstance(self.policy, GroupPolicy) and self.policy.policy.capturing_rules:
+            self.capture = CapturePipeline.from_settings(settings, self.writer)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=settings.upstream_connect_timeout,
@@ -74,18 +84,27 @@ class Gateway:
         )
         self.upstreams = await open_upstreams(settings, self.models)
         await self.writer.start()
+        if self.capture is not None:
+            await self.capture.start()
         logger.info(
-            "gateway %s started: upstreams %s, audit sink %s",
+            "gateway %s started: upstreams %s, audit sink %s%s",
             __version__,
             ", ".join(self.upstreams.names),
             self.writer.sink.name,
+            f", prompt capture to {self.capture.content.sink.name} (at most {settings.capture_max_bytes} bytes "
+            "of each request and response)" if self.capture is not None else "",
         )
 
     async def aclose(self) -> None:
         await self.policy.aclose()
         await self.upstreams.aclose()
-        # Rows first: they must reach the sink before the process goes away.
-        await self.writer.aclose()
+        # Rows first: they must reach the sink before the process goes away. Captures under way submit their
+        # requests' metadata rows, so they finish before the writers drain, and both writers drain at once.
+        if self.capture is not None:
+            await self.capture.drain(CAPTURE_DRAIN_SECONDS)
+            await asyncio.gather(self.writer.aclose(), self.capture.aclose())
+        else:
+            await self.writer.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", self.writer.counters)
 
@@ -123,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         """Audit counters for Prometheus or Cloud Monitoring: counts only, no user data."""
-        return Response(prometheus_text(gateway.writer), media_type=METRICS_CONTENT_TYPE)
+        return Response(prometheus_text(gateway.writer, gateway.capture), media_type=METRICS_CONTENT_TYPE)
 
     endpoint = GatewayEndpoint(gateway)
     # Plain ASGI routes for the relay: FastAPI's request parsing would cost time and buffer nothing useful.

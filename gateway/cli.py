@@ -35,6 +35,12 @@ def say(text: str = "") -> None:
     sys.stdout.flush()
 
 
+def note(text: str) -> None:
+    """A remark for the person at the terminal, kept out of output that may be piped (stderr)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
@@ -251,21 +257,24 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from gateway.audit.content_schema import CONTENT_TABLE
     from gateway.audit.replay import distinct_rows, replay
     from gateway.audit.sinks import SinkConfigError, open_sink
     from gateway.audit.spill import load_rows
 
     settings = load_settings(dev_mode=True)
     try:
-        rows, skipped = load_rows(args.file)
+        rows, skipped = load_rows(args.file, "audit_content_fallback" if args.content else "audit_fallback")
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read {args.file}: {exc}") from None
     unique = distinct_rows(rows)
     try:
         sink = open_sink(
-            args.sink or settings.audit_sink,
+            args.sink or (settings.content_sink_url if args.content else settings.audit_sink),
             bigquery_endpoint=settings.bigquery_endpoint,
             bigquery_anonymous=settings.bigquery_anonymous,
+            table=CONTENT_TABLE if args.content else None,
+            setting="--sink",
         )
         result = asyncio.run(replay(sink, unique, batch_size=args.batch_size))
     except (SinkConfigError, RuntimeError) as exc:
@@ -282,6 +291,87 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from gateway.audit import export
+    from gateway.audit.bigquery import TableRef
+    from gateway.audit.content_schema import default_content_sink
+    from gateway.audit.sinks import SinkConfigError, check_sink_url
+
+    settings = load_settings(dev_mode=True)
+    email = args.user.strip().lower()
+    if email.count("@") != 1:
+        raise CLIError(f"{args.user!r} is not an email address")
+    try:
+        window = export.Window(dt.date.fromisoformat(args.date_from), dt.date.fromisoformat(args.date_to))
+    except ValueError as exc:
+        raise CLIError(f"--from and --to take dates as YYYY-MM-DD ({exc})") from None
+    if window.last < window.first:
+        raise CLIError(f"--to {window.last} is before --from {window.first}")
+    sink = args.sink or settings.audit_sink
+    content_sink = args.content_sink or (settings.content_sink_url if not args.sink else default_content_sink(sink))
+    try:
+        check_sink_url(sink, "--sink")
+        check_sink_url(content_sink, "--content-sink")
+    except SinkConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if sink.startswith("sqlite:///"):
+        from gateway.audit import query
+
+        try:
+            path = query.sqlite_path(sink)
+            content_path = query.sqlite_path(content_sink) if args.content else None
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        found = export.from_sqlite(path, email, window, content_path=content_path)
+    else:
+        found = _export_bigquery(
+            settings, TableRef.from_url(sink), email, window,
+            TableRef.from_url(content_sink) if args.content else None,
+        )
+    lines = (json.dumps(line, ensure_ascii=False, default=str) for line in found.lines())
+    if args.out:
+        try:
+            with open(args.out, "w", encoding="utf-8") as out:
+                for line in lines:
+                    out.write(line + "\n")
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    else:
+        for line in lines:
+            say(line)
+    content = f", {found.content_rows} with captured content" if args.content else ""
+    note(f"{email}: {len(found.requests)} requests from {window.first} to {window.last} (UTC){content}"
+         + (f", written to {args.out}" if args.out else ""))
+    return 0
+
+
+def _export_bigquery(settings: Settings, table: Any, email: str, window: Any, content: Any) -> Any:
+    import google.auth.exceptions
+    import requests
+    from google.api_core import exceptions as api
+
+    from gateway.audit import export
+    from gateway.audit.bigquery import make_client
+    from gateway.audit.sinks import SinkConfigError
+
+    try:
+        client = make_client(table.project, endpoint=settings.bigquery_endpoint, anonymous=settings.bigquery_anonymous)
+        try:
+            return export.from_bigquery(client, table, email, window, content_table=content)
+        finally:
+            client.close()  # type: ignore[no-untyped-call]
+    except api.Forbidden as exc:
+        what = "the content table" if content is not None else "the audit table"
+        raise CLIError(f"BigQuery refused to read {what} ({exc.message}); reading content needs its own grant "
+                       "(content_reader_groups in Terraform)") from None
+    except api.GoogleAPICallError as exc:
+        raise CLIError(f"BigQuery query failed: {exc.message}") from None
+    except (SinkConfigError, requests.RequestException, google.auth.exceptions.GoogleAuthError) as exc:
+        raise CLIError(f"cannot reach BigQuery: {exc}") from None
+
+
 def _bigquery_target(sink: str | None) -> tuple[Any, Settings]:
     from gateway.audit.bigquery import TableRef
     from gateway.audit.sinks import SinkConfigError
@@ -294,9 +384,10 @@ def _bigquery_target(sink: str | None) -> tuple[Any, Settings]:
 
 
 def cmd_bq_schema(args: argparse.Namespace) -> int:
+    from gateway.audit.content_schema import content_schema_json
     from gateway.audit.schema import bigquery_schema_json
 
-    say(json.dumps(bigquery_schema_json(), indent=2))
+    say(json.dumps(content_schema_json() if args.content else bigquery_schema_json(), indent=2))
     return 0
 
 
@@ -305,11 +396,20 @@ def cmd_bq_init(args: argparse.Namespace) -> int:
     import requests
 
     from gateway.audit import bq_admin
-    from gateway.audit.bigquery import make_client
+    from gateway.audit.bigquery import TableRef, make_client
+    from gateway.audit.content_schema import default_content_sink
     from gateway.audit.sinks import SinkConfigError
 
     table, settings = _bigquery_target(args.sink)
     try:
+        content = None
+        if not args.no_content:
+            content = TableRef.from_url(
+                args.content_sink
+                or (settings.content_sink if settings.content_sink and not args.sink else None)
+                or default_content_sink(table.url),
+                "--content-sink",
+            )
         client = make_client(table.project, endpoint=settings.bigquery_endpoint, anonymous=settings.bigquery_anonymous)
         bq_admin.init(
             client,
@@ -317,6 +417,8 @@ def cmd_bq_init(args: argparse.Namespace) -> int:
             location=args.location,
             views_dataset=args.views_dataset or f"{table.dataset}_security",
             retention_days=args.retention_days,
+            content=content,
+            content_retention_days=args.content_retention_days,
             say=say,
         )
     except (bq_admin.InitError, SinkConfigError) as exc:
@@ -423,17 +525,40 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", help="a spill file, or audit_fallback log entries (JSON lines or a JSON array)")
     replay.add_argument("--sink", default=None, help="sqlite:///PATH or bigquery://P/D/T (default: GATEWAY_AUDIT_SINK)")
     replay.add_argument("--batch-size", type=int, default=500, help="rows per write (default 500)")
+    replay.add_argument("--content", action="store_true",
+                        help="content rows (audit_content_fallback entries, content spill files) to the content sink")
     replay.set_defaults(func=cmd_audit_replay)
+    export = audit_commands.add_parser(
+        "export", help="one person's audit rows as JSON Lines (and captured content, with --content)"
+    )
+    export.add_argument("--user", required=True, help="the person's email")
+    export.add_argument("--from", dest="date_from", required=True, metavar="DATE", help="first UTC day, YYYY-MM-DD")
+    export.add_argument("--to", dest="date_to", required=True, metavar="DATE", help="last UTC day, YYYY-MM-DD")
+    export.add_argument("--content", action="store_true",
+                        help="add each request's captured prompt and response (needs read access to the content table)")
+    export.add_argument("--out", default=None, metavar="FILE", help="write to FILE instead of standard output")
+    export.add_argument("--sink", default=None, help="sqlite:///PATH or bigquery://P/D/T (default: GATEWAY_AUDIT_SINK)")
+    export.add_argument("--content-sink", default=None,
+                        help="where the content is (default: GATEWAY_CONTENT_SINK, or beside the audit sink)")
+    export.set_defaults(func=cmd_audit_export)
 
     bq = commands.add_parser("bq", help="the BigQuery audit table: its schema, and creating it")
     bq_commands = bq.add_subparsers(dest="bq_command", required=True)
     bq_schema = bq_commands.add_parser("schema", help="the table schema as JSON (terraform/audit_schema.json)")
+    bq_schema.add_argument("--content", action="store_true",
+                           help="the content table's schema instead (terraform/content_schema.json)")
     bq_schema.set_defaults(func=cmd_bq_schema)
     bq_init = bq_commands.add_parser("init", help="create or update the dataset, table and security views")
     bq_init.add_argument("--sink", default=None, help="bigquery://PROJECT/DATASET/TABLE (default: GATEWAY_AUDIT_SINK)")
     bq_init.add_argument("--location", default=None, help="dataset location for new datasets, e.g. EU or us-east5")
     bq_init.add_argument("--views-dataset", default=None, help="dataset for the views (default: DATASET_security)")
     bq_init.add_argument("--retention-days", type=int, default=0, help="days a partition is kept (0: forever)")
+    bq_init.add_argument("--content-sink", default=None,
+                         help="bigquery://P/D/T for captured prompts (default: GATEWAY_CONTENT_SINK, "
+                         "else DATASET_content.audit_content)")
+    bq_init.add_argument("--content-retention-days", type=int, default=30,
+                         help="days a partition of captured prompts is kept (default 30; 0: forever)")
+    bq_init.add_argument("--no-content", action="store_true", help="do not create the table for captured prompts")
     bq_init.set_defaults(func=cmd_bq_init)
 
     policy = commands.add_parser("policy", help="check the access policy file, and what it means for a person")

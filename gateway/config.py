@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     bigquery_anonymous: bool = False
     """Send no credentials to BigQuery: only for an emulator."""
 
+    content_sink: str | None = None
+    """Where captured prompts go: sqlite:///PATH (table audit_content) or bigquery://PROJECT/DATASET/TABLE.
+    Default: the audit sink's SQLite file, or bigquery://PROJECT/DATASET_content/audit_content."""
+    capture_max_bytes: int = Field(default=1024 * 1024, ge=1024, le=2 * 1024 * 1024)
+    """The most bytes of a request, and of a response, a capture keeps; beyond it the capture is cut and marked."""
+    capture_max_pending: int = Field(default=128, gt=0)
+    """Captures waiting to be written; beyond it a request is audited without content (and says so)."""
+    redaction_patterns: str | None = None
+    """More redaction patterns: JSON ({"name": "regex"} or [{"name", "pattern"}]) or the path of such a file."""
+
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     pricing_file: str | None = None
 
@@ -116,6 +126,28 @@ class Settings(BaseSettings):
         from gateway.audit.sinks import check_sink_url
 
         return check_sink_url(value)
+
+    @field_validator("content_sink")
+    @classmethod
+    def _known_content_sink(cls, value: str | None) -> str | None:
+        from gateway.audit.sinks import check_sink_url
+
+        return None if not value else check_sink_url(value, "GATEWAY_CONTENT_SINK")
+
+    @field_validator("redaction_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: str | None) -> str | None:
+        from gateway.capture.pipeline import load_redactor
+
+        load_redactor(value)  # a bad pattern stops the gateway at start-up, named
+        return value or None
+
+    @property
+    def content_sink_url(self) -> str:
+        """GATEWAY_CONTENT_SINK, or the audit sink's place with the content table."""
+        from gateway.audit.content_schema import default_content_sink
+
+        return self.content_sink or default_content_sink(self.audit_sink)
 
     @field_validator("allowed_domains")
     @classmethod

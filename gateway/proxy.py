@@ -27,6 +27,7 @@ from gateway.upstreams.vertex_protocol import match_vertex_path, with_anthropic_
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.capture.pipeline import RequestCapture
 
 logger = logging.getLogger("gateway.proxy")
 access_logger = logging.getLogger("gateway.access")
@@ -53,9 +54,10 @@ class ParsedBody:
 
 
 class _Response:
-    """Sends the response to the client, noting what the audit row needs (status, first byte, size)."""
+    """Sends the response to the client, noting what the audit row needs (status, first byte, size) and carrying
+    the request's prompt capture, if the policy asks for one."""
 
-    __slots__ = ("_send", "_record", "_started_at", "started", "finished")
+    __slots__ = ("_send", "_record", "_started_at", "started", "finished", "capture")
 
     def __init__(self, send: Any, record: AuditRecord, started_at: float) -> None:
         self._send = send
@@ -63,6 +65,7 @@ class _Response:
         self._started_at = started_at
         self.started = False
         self.finished = False
+        self.capture: RequestCapture | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -114,7 +117,10 @@ class GatewayEndpoint:
                 await response.error(GatewayError(500, "Internal gateway error.", outcome="gateway_error"))
         finally:
             record.duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
-            gateway.writer.submit(record)
+            if response.capture is None:
+                gateway.writer.submit(record)
+            else:
+                response.capture.submit(record)  # audits the request once its content row is built
             if gateway.settings.access_log:
                 _log_access(record, gateway.settings.google_cloud_project)
 
@@ -163,6 +169,8 @@ class GatewayEndpoint:
             raise
         record.groups = list(admission.groups)
         record.policy_rule = admission.rule
+        if gateway.capture is not None:
+            response.capture = gateway.capture.begin(admission.capture, path, body, record)
 
         call = UpstreamCall(
             method=method, path=path, query=query, headers=headers, body=body, model=parsed.model, stream=parsed.stream
@@ -212,20 +220,31 @@ class GatewayEndpoint:
                 record.attempts = result.attempts
                 record.upstream_failures = "; ".join(result.failures) or None
                 record.upstream_request_id = upstream_response.headers.get("request-id")
-                if upstream_response.headers.get("content-type", "").startswith("text/event-stream"):
+                event_stream = upstream_response.headers.get("content-type", "").startswith("text/event-stream")
+                if event_stream:
                     meter = SSEMeter()
+                capture = response.capture
+                feed = None
+                if capture is not None and capture.wants_response:
+                    capture.start(event_stream)
+                    feed = capture.feed
                 await response.start(
                     upstream_response.status_code, client_response_headers(upstream_response.headers.raw)
                 )
                 try:
                     async for chunk in upstream_response.aiter_raw():
                         meter.feed(chunk)
+                        if feed is not None:
+                            feed(chunk)
                         await response.body(chunk)
                 except httpx.HTTPError as exc:
                     # Too late for a status code: tell a streaming client in its own protocol.
                     failure = _upstream_failure(502, "failed mid-response", exc)
                     if isinstance(meter, SSEMeter):
-                        await response.body(_sse_error(failure))
+                        error_event = _sse_error(failure)
+                        if feed is not None:
+                            feed(error_event)
+                        await response.body(error_event)
         finally:
             watcher.cancel()
             if upstream_response is not None:

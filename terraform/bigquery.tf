@@ -108,11 +108,74 @@ resource "google_bigquery_dataset_access" "security_readers" {
   group_by_email = each.value
 }
 
-# Running a query is a job in some project; the security team runs theirs here.
-resource "google_project_iam_member" "security_readers_run_queries" {
-  for_each = toset(var.security_reader_groups)
+# Running a query is a job in some project; the security team and the content readers run theirs here. One grant
+# per group even when a group is in both lists: two resources for one binding would remove it when either goes.
+resource "google_project_iam_member" "readers_run_queries" {
+  for_each = toset(concat(var.security_reader_groups, var.content_reader_groups))
 
   project = var.project_id
   role    = "roles/bigquery.jobUser"
   member  = "group:${each.value}"
+}
+
+moved {
+  from = google_project_iam_member.security_readers_run_queries
+  to   = google_project_iam_member.readers_run_queries
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Captured prompts and responses (policy `capture: metadata+` or `full`). A dataset of their own, so that no grant
+# on the audit dataset, nor the security views authorised on it, reaches them; partitions expire after
+# content_retention_days; content_reader_groups read this one table and nothing else. Seeing content takes a grant
+# of its own, apart from seeing usage.
+# ---------------------------------------------------------------------------------------------------------------------
+
+resource "google_bigquery_dataset" "content" {
+  #checkov:skip=CKV_GCP_81:Google-managed encryption at rest, as for the audit dataset; CMEK is an organisation-level choice left to the admin.
+  dataset_id                 = "${var.bigquery_dataset_id}_content"
+  friendly_name              = "Claude gateway captured prompts"
+  description                = "Prompts and responses captured by ${var.name} for audit (redacted), for the groups whose policy asks for it."
+  location                   = local.bigquery_location
+  delete_contents_on_destroy = false
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_bigquery_table" "content" {
+  #checkov:skip=CKV_GCP_80:Google-managed encryption at rest, as for the dataset (CKV_GCP_81).
+  dataset_id  = google_bigquery_dataset.content.dataset_id
+  table_id    = var.content_table_id
+  description = "Captured prompts and responses, one row per captured request; request_id is the audit table's. Queries must filter on timestamp."
+
+  # Generated from gateway.audit.content_schema.content_schema_json(); a test keeps them equal.
+  schema = file("${path.module}/content_schema.json")
+
+  deletion_protection      = true
+  require_partition_filter = true
+
+  time_partitioning {
+    type          = "DAY"
+    field         = "timestamp"
+    expiration_ms = var.content_retention_days > 0 ? var.content_retention_days * local.partition_days_ms : null
+  }
+
+  clustering = ["user_email"]
+}
+
+resource "google_bigquery_table_iam_member" "gateway_writes_content" {
+  project    = var.project_id
+  dataset_id = google_bigquery_table.content.dataset_id
+  table_id   = google_bigquery_table.content.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = google_service_account.gateway.member
+}
+
+resource "google_bigquery_table_iam_member" "content_readers" {
+  for_each = toset(var.content_reader_groups)
+
+  project    = var.project_id
+  dataset_id = google_bigquery_table.content.dataset_id
+  table_id   = google_bigquery_table.content.table_id
+  role       = "roles/bigquery.dataViewer"
+  member     = "group:${each.value}"
 }

@@ -82,6 +82,10 @@ resource "google_cloud_run_v2_service" "gateway" {
         value = local.audit_sink
       }
       env {
+        name  = "GATEWAY_CONTENT_SINK"
+        value = local.content_sink
+      }
+      env {
         name  = "GATEWAY_UPSTREAM"
         value = join(",", var.upstream)
       }

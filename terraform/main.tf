@@ -37,6 +37,9 @@ locals {
   audit_table_fqn = "${var.project_id}.${google_bigquery_dataset.audit.dataset_id}.${google_bigquery_table.audit.table_id}"
   audit_sink      = "bigquery://${var.project_id}/${google_bigquery_dataset.audit.dataset_id}/${google_bigquery_table.audit.table_id}"
 
+  content_table_fqn = "${var.project_id}.${google_bigquery_dataset.content.dataset_id}.${google_bigquery_table.content.table_id}"
+  content_sink      = "bigquery://${var.project_id}/${google_bigquery_dataset.content.dataset_id}/${google_bigquery_table.content.table_id}"
+
   image_repository = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.default.repository_id}"
 
   # Until the first Cloud Build deploy, the service runs Google's sample container so `terraform apply`

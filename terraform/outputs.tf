@@ -62,6 +62,11 @@ output "audit_table" {
   value       = local.audit_table_fqn
 }
 
+output "content_table" {
+  description = "Fully qualified table of captured prompts and responses (project.dataset.table), readable by content_reader_groups only."
+  value       = local.content_table_fqn
+}
+
 output "security_views_dataset" {
   description = "Dataset holding the security views that security_reader_groups can read."
   value       = "${var.project_id}.${google_bigquery_dataset.security.dataset_id}"

@@ -198,7 +198,7 @@ variable "extra_env" {
     condition = length(setintersection(keys(var.extra_env), [
       "GATEWAY_IAP_AUDIENCE", "GATEWAY_ALLOWED_DOMAINS", "GATEWAY_AUDIT_SINK", "GATEWAY_ANTHROPIC_API_KEY",
       "GATEWAY_UPSTREAM", "GATEWAY_VERTEX_PROJECT", "GATEWAY_VERTEX_REGION", "GATEWAY_POLICY_FILE",
-      "GATEWAY_REDIS_URL", "GATEWAY_PROJECT", "GATEWAY_DEV_MODE", "GATEWAY_IAP_CERTS_URL",
+      "GATEWAY_REDIS_URL", "GATEWAY_PROJECT", "GATEWAY_DEV_MODE", "GATEWAY_IAP_CERTS_URL", "GATEWAY_CONTENT_SINK",
     ])) == 0
     error_message = "The extra_env map must not set a variable Terraform already manages, nor GATEWAY_DEV_MODE or GATEWAY_IAP_CERTS_URL (they would weaken identity checks)."
   }
@@ -328,6 +328,39 @@ variable "audit_retention_days" {
   validation {
     condition     = var.audit_retention_days >= 0 && floor(var.audit_retention_days) == var.audit_retention_days
     error_message = "The audit_retention_days must be a whole number of days, 0 or more."
+  }
+}
+
+variable "content_table_id" {
+  description = "Name of the table for captured prompts and responses, in the dataset \"<bigquery_dataset_id>_content\"."
+  type        = string
+  default     = "audit_content"
+
+  validation {
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1023}$", var.content_table_id))
+    error_message = "The content_table_id must be letters, digits and underscores, not starting with a digit."
+  }
+}
+
+variable "content_retention_days" {
+  description = "Days a daily partition of captured prompts and responses is kept before BigQuery deletes it (also how long their fallback log entries are kept). 0 keeps them forever."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.content_retention_days >= 0 && var.content_retention_days <= 3650 && floor(var.content_retention_days) == var.content_retention_days
+    error_message = "The content_retention_days must be a whole number of days from 0 to 3650."
+  }
+}
+
+variable "content_reader_groups" {
+  description = "Group emails allowed to read captured prompts and responses: read access to the content table only (and its fallback log entries), plus BigQuery job user to run queries. Not implied by security_reader_groups."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for g in var.content_reader_groups : can(regex("^[^@\\s:]+@[^@\\s:]+\\.[^@\\s:]+$", g))])
+    error_message = "Each content_reader_groups entry must be a bare group email (no 'group:' prefix)."
   }
 }
 

@@ -13,7 +13,7 @@ import google.auth.exceptions
 import requests
 from google.api_core import exceptions as api
 
-from gateway.audit.schema import COLUMN_NAMES
+from gateway.audit.schema import AUDIT_TABLE, Table
 from gateway.audit.sinks import BatchRefused, RowsRejected, SinkConfigError, SinkServerError, SinkUnavailable
 
 if TYPE_CHECKING:
@@ -41,19 +41,21 @@ class TableRef:
     table: str
 
     @classmethod
-    def from_url(cls, url: str) -> TableRef:
+    def from_url(cls, url: str, setting: str = "GATEWAY_AUDIT_SINK") -> TableRef:
         parts = url.removeprefix("bigquery://").split("/")
         if not url.startswith("bigquery://") or len(parts) != 3 or not all(parts):
-            raise SinkConfigError(f"GATEWAY_AUDIT_SINK={url!r}: expected bigquery://PROJECT/DATASET/TABLE")
+            raise SinkConfigError(f"{setting}={url!r}: expected bigquery://PROJECT/DATASET/TABLE")
         project, dataset, table = parts
         if not _PROJECT.match(project):
-            raise SinkConfigError(f"GATEWAY_AUDIT_SINK={url!r}: {project!r} is not a Google Cloud project id")
+            raise SinkConfigError(f"{setting}={url!r}: {project!r} is not a Google Cloud project id")
         for what, name in (("dataset", dataset), ("table", table)):
             if not _NAME.match(name):
-                raise SinkConfigError(
-                    f"GATEWAY_AUDIT_SINK={url!r}: {what} {name!r} must be letters, digits and underscores"
-                )
+                raise SinkConfigError(f"{setting}={url!r}: {what} {name!r} must be letters, digits and underscores")
         return cls(project, dataset, table)
+
+    @property
+    def url(self) -> str:
+        return f"bigquery://{self.project}/{self.dataset}/{self.table}"
 
     @property
     def path(self) -> str:
@@ -95,9 +97,16 @@ class BigQuerySink:
     name = "bigquery"
 
     def __init__(
-        self, table: TableRef, *, endpoint: str | None = None, anonymous: bool = False, timeout: float = 30.0
+        self,
+        table: TableRef,
+        *,
+        endpoint: str | None = None,
+        anonymous: bool = False,
+        timeout: float = 30.0,
+        schema: Table = AUDIT_TABLE,
     ) -> None:
         self.table = table
+        self.schema = schema
         self._endpoint = endpoint
         self._anonymous = anonymous
         self._timeout = timeout
@@ -116,7 +125,7 @@ class BigQuerySink:
         except api.NotFound:
             raise SinkConfigError(
                 f"BigQuery table {self.table.path} does not exist: create it with `claude-gateway bq init "
-                f"--sink bigquery://{self.table.project}/{self.table.dataset}/{self.table.table}` or Terraform"
+                f"--{'content-' if self.schema is not AUDIT_TABLE else ''}sink {self.table.url}` or Terraform"
             ) from None
         except api.Forbidden as exc:
             raise SinkConfigError(
@@ -129,7 +138,7 @@ class BigQuerySink:
                 "audit_fallback until it does", _reason(exc),
             )
             return
-        missing = [name for name in COLUMN_NAMES if name not in {field.name for field in table.schema}]
+        missing = [name for name in self.schema.names if name not in {field.name for field in table.schema}]
         if missing:
             raise SinkConfigError(
                 f"BigQuery table {self.table.path} lacks the columns {', '.join(missing)}: "

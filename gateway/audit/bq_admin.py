@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from google.api_core import exceptions as api
 
 from gateway.audit.bigquery import CLUSTERING_FIELDS, PARTITION_FIELD, TableRef
-from gateway.audit.schema import bigquery_schema_json
+from gateway.audit.content_schema import CONTENT_CLUSTERING_FIELDS, CONTENT_TABLE
+from gateway.audit.schema import AUDIT_TABLE, Table
 
 if TYPE_CHECKING:
     from google.api_core.retry import Retry
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
 PLACEHOLDER = "{audit_table}"
 DAY_MS = 24 * 60 * 60 * 1000
+# Captured content is kept for a month unless said otherwise: long enough to investigate, short enough to hold
+# little (terraform/variables.tf has the same default).
+DEFAULT_CONTENT_RETENTION_DAYS = 30
 
 # Bounded, so a wrong endpoint fails in seconds rather than after the client's default ten minutes.
 TIMEOUT = 30.0
@@ -41,24 +45,42 @@ def render_view(template: str, table: TableRef) -> str:
     return template.replace(PLACEHOLDER, table.sql)
 
 
-def schema_fields() -> list[bigquery.SchemaField]:
+def schema_fields(schema: Table = AUDIT_TABLE) -> list[bigquery.SchemaField]:
     from google.cloud import bigquery
 
-    return [bigquery.SchemaField.from_api_repr(field) for field in bigquery_schema_json()]
+    return [bigquery.SchemaField.from_api_repr(field) for field in schema.bigquery_schema_json()]
 
 
 def audit_table(table: TableRef, retention_days: int = 0) -> bigquery.Table:
     """The table as Terraform creates it: partitioned by day on `timestamp`, clustered, partition filter required."""
+    return _partitioned(
+        table, AUDIT_TABLE, CLUSTERING_FIELDS, retention_days,
+        "One row per request through the Claude gateway. Queries must filter on timestamp.",
+    )
+
+
+def content_table(table: TableRef, retention_days: int = DEFAULT_CONTENT_RETENTION_DAYS) -> bigquery.Table:
+    """The content table as Terraform creates it: like the audit table, with its own partition expiration."""
+    return _partitioned(
+        table, CONTENT_TABLE, CONTENT_CLUSTERING_FIELDS, retention_days,
+        "Captured prompts and responses (redacted), one row per captured request; the request_id is the audit "
+        "table's. Queries must filter on timestamp.",
+    )
+
+
+def _partitioned(
+    table: TableRef, schema: Table, clustering: tuple[str, ...], retention_days: int, description: str
+) -> bigquery.Table:
     from google.cloud import bigquery
 
-    spec = bigquery.Table(table.path, schema=schema_fields())
-    spec.description = "One row per request through the Claude gateway. Queries must filter on timestamp."
+    spec = bigquery.Table(table.path, schema=schema_fields(schema))
+    spec.description = description
     spec.time_partitioning = bigquery.TimePartitioning(
         type_=bigquery.TimePartitioningType.DAY,
         field=PARTITION_FIELD,
         expiration_ms=retention_days * DAY_MS if retention_days > 0 else None,
     )
-    spec.clustering_fields = list(CLUSTERING_FIELDS)
+    spec.clustering_fields = list(clustering)
     spec.require_partition_filter = True
     return spec
 
@@ -70,9 +92,12 @@ def init(
     location: str | None,
     views_dataset: str,
     retention_days: int = 0,
+    content: TableRef | None = None,
+    content_retention_days: int = DEFAULT_CONTENT_RETENTION_DAYS,
     say: Callable[[str], None],
 ) -> None:
-    """Create what is missing and bring what exists up to date; safe to run again."""
+    """Create what is missing and bring what exists up to date; safe to run again. `content` is the table for
+    captured prompts (none: not created)."""
     from google.cloud import bigquery
 
     for dataset_id, description in (
@@ -82,19 +107,16 @@ def init(
         # The views must live where the table does: once the audit dataset exists, its location is the one.
         location = _ensure_dataset(client, f"{table.project}.{dataset_id}", description, location, say)
 
-    try:
-        existing = _step(f"read table {table.path}", client.get_table, table.path, retry=_retry(), timeout=TIMEOUT)
-    except api.NotFound:
-        _step(
-            f"create table {table.path}", client.create_table, audit_table(table, retention_days),
-            retry=_retry(), timeout=TIMEOUT,
+    _ensure_table(client, table, audit_table(table, retention_days), AUDIT_TABLE, CLUSTERING_FIELDS, say)
+    if content is not None:
+        if content.dataset != table.dataset:
+            location = _ensure_dataset(
+                client, f"{content.project}.{content.dataset}", "Captured prompts and responses.", location, say
+            )
+        _ensure_table(
+            client, content, content_table(content, content_retention_days), CONTENT_TABLE,
+            CONTENT_CLUSTERING_FIELDS, say,
         )
-        say(
-            f"table {table.path} created: partitioned by day on {PARTITION_FIELD}, clustered by "
-            f"{', '.join(CLUSTERING_FIELDS)}, partition filter required"
-        )
-    else:
-        _upgrade_table(client, existing, table, say)
 
     for name, template in view_templates().items():
         view = bigquery.Table(f"{table.project}.{views_dataset}.{name}")
@@ -120,6 +142,11 @@ def init(
         f"views need roles/bigquery.dataViewer on {table.project}.{views_dataset} and roles/bigquery.jobUser "
         f"on a project to run queries."
     )
+    if content is not None:
+        say(
+            f"Captured prompts go to {content.path}: the gateway needs roles/bigquery.dataEditor on it too; grant "
+            "roles/bigquery.dataViewer on that table alone to the people who may read prompts."
+        )
 
 
 def _ensure_dataset(
@@ -145,19 +172,47 @@ def _ensure_dataset(
     return existing.location or location
 
 
+def _ensure_table(
+    client: bigquery.Client,
+    table: TableRef,
+    spec: bigquery.Table,
+    schema: Table,
+    clustering: tuple[str, ...],
+    say: Callable[[str], None],
+) -> None:
+    try:
+        existing = _step(f"read table {table.path}", client.get_table, table.path, retry=_retry(), timeout=TIMEOUT)
+    except api.NotFound:
+        _step(f"create table {table.path}", client.create_table, spec, retry=_retry(), timeout=TIMEOUT)
+        expiry = spec.time_partitioning.expiration_ms if spec.time_partitioning else None
+        kept = f", partitions kept {expiry // DAY_MS} days" if expiry else ""
+        say(
+            f"table {table.path} created: partitioned by day on {PARTITION_FIELD}, clustered by "
+            f"{', '.join(clustering)}, partition filter required{kept}"
+        )
+    else:
+        _upgrade_table(client, existing, table, schema, clustering, say)
+
+
 def _upgrade_table(
-    client: bigquery.Client, existing: bigquery.Table, table: TableRef, say: Callable[[str], None]
+    client: bigquery.Client,
+    existing: bigquery.Table,
+    table: TableRef,
+    schema: Table,
+    clustering: tuple[str, ...],
+    say: Callable[[str], None],
 ) -> None:
     """Add missing columns (BigQuery only lets a schema grow) and report what cannot be changed."""
     have = {field.name: field for field in existing.schema}
+    wanted = schema_fields(schema)
     problems = [
         f"{field.name} is {have[field.name].field_type} {have[field.name].mode}, "
         f"expected {field.field_type} {field.mode}"
-        for field in schema_fields()
+        for field in wanted
         if field.name in have
         and (_type(have[field.name].field_type), have[field.name].mode) != (_type(field.field_type), field.mode)
     ]
-    missing = [field for field in schema_fields() if field.name not in have]
+    missing = [field for field in wanted if field.name not in have]
     required = [field.name for field in missing if field.mode == "REQUIRED"]
     if problems or required:
         raise InitError(
@@ -165,7 +220,7 @@ def _upgrade_table(
             + "; ".join(problems + [f"{name} is missing and REQUIRED" for name in required])
         )
     fields = ["clustering_fields", "require_partition_filter"]
-    existing.clustering_fields = list(CLUSTERING_FIELDS)
+    existing.clustering_fields = list(clustering)
     existing.require_partition_filter = True
     if missing:
         existing.schema = [*existing.schema, *missing]

@@ -52,6 +52,9 @@ class AuditRecord:
     request_bytes: int = 0
     response_bytes: int = 0
     trace_id: str | None = None
+    capture_level: str | None = None
+    capture_error: str | None = None
+    redaction_count: int | None = None
 
     def to_row(self) -> dict[str, Any]:
         """A JSON-ready row: RFC 3339 UTC timestamp, free text truncated to documented limits."""

@@ -57,13 +57,39 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("request_bytes", "INT64", "Request body size in bytes."),
     Column("response_bytes", "INT64", "Response body bytes sent to the client."),
     Column("trace_id", "STRING", "Cloud Trace id from X-Cloud-Trace-Context."),
+    Column(
+        "capture_level",
+        "STRING",
+        "Prompt capture applied by policy: none, metadata+ or full (the content is in the content table).",
+    ),
+    Column("capture_error", "STRING", "Why prompt capture failed or is incomplete; null when it worked or was off."),
+    Column("redaction_count", "INT64", "Secrets redacted from the captured content (0 when nothing was found)."),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in AUDIT_COLUMNS)
 
 
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table the audit pipeline writes: its columns, and its name in the SQLite file."""
+
+    sqlite_name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+    def bigquery_schema_json(self) -> list[dict[str, str]]:
+        """The schema in BigQuery's JSON form (as `bq` and Terraform's `google_bigquery_table.schema` take it)."""
+        return [
+            {"name": c.name, "type": c.type, "mode": c.mode, "description": c.description} for c in self.columns
+        ]
+
+
+AUDIT_TABLE = Table("audit_log", AUDIT_COLUMNS)
+
+
 def bigquery_schema_json() -> list[dict[str, str]]:
-    """The schema in BigQuery's JSON form (as `bq` and Terraform's `google_bigquery_table.schema` take it)."""
-    return [
-        {"name": c.name, "type": c.type, "mode": c.mode, "description": c.description} for c in AUDIT_COLUMNS
-    ]
+    """The audit table's schema in BigQuery's JSON form (terraform/audit_schema.json)."""
+    return AUDIT_TABLE.bigquery_schema_json()

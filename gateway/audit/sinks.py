@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.audit.schema import Table
 
 
 class AuditSink(Protocol):
@@ -52,29 +55,42 @@ class RowsRejected(SinkError):
         self.rejected = rejected
 
 
-def open_sink(url: str, *, bigquery_endpoint: str | None = None, bigquery_anonymous: bool = False) -> AuditSink:
-    """The sink a URL names: `sqlite:///PATH` or `bigquery://PROJECT/DATASET/TABLE`."""
-    check_sink_url(url)
+def open_sink(
+    url: str,
+    *,
+    bigquery_endpoint: str | None = None,
+    bigquery_anonymous: bool = False,
+    table: Table | None = None,
+    setting: str = "GATEWAY_AUDIT_SINK",
+) -> AuditSink:
+    """The sink a URL names: `sqlite:///PATH` or `bigquery://PROJECT/DATASET/TABLE`, for the metadata table
+    unless `table` names another (the content table)."""
+    from gateway.audit.schema import AUDIT_TABLE
+
+    table = table or AUDIT_TABLE
+    check_sink_url(url, setting)
     if url.startswith("bigquery://"):
         from gateway.audit.bigquery import BigQuerySink, TableRef
 
-        return BigQuerySink(TableRef.from_url(url), endpoint=bigquery_endpoint, anonymous=bigquery_anonymous)
+        return BigQuerySink(
+            TableRef.from_url(url, setting), endpoint=bigquery_endpoint, anonymous=bigquery_anonymous, schema=table
+        )
     from gateway.audit.sqlite import SQLiteSink
 
-    return SQLiteSink(url.removeprefix("sqlite:///"))
+    return SQLiteSink(url.removeprefix("sqlite:///"), table)
 
 
-def check_sink_url(url: str) -> str:
+def check_sink_url(url: str, setting: str = "GATEWAY_AUDIT_SINK") -> str:
     """The URL if it names a sink; a `SinkConfigError` saying what is wrong otherwise."""
     if url.startswith("sqlite:///"):
         if not url.removeprefix("sqlite:///"):
-            raise SinkConfigError(f"GATEWAY_AUDIT_SINK={url!r}: no file path after sqlite:///")
+            raise SinkConfigError(f"{setting}={url!r}: no file path after sqlite:///")
         return url
     if url.startswith("bigquery://"):
         from gateway.audit.bigquery import TableRef
 
-        TableRef.from_url(url)
+        TableRef.from_url(url, setting)
         return url
     raise SinkConfigError(
-        f"GATEWAY_AUDIT_SINK={url!r} is not a known sink; use sqlite:///PATH or bigquery://PROJECT/DATASET/TABLE"
+        f"{setting}={url!r} is not a known sink; use sqlite:///PATH or bigquery://PROJECT/DATASET/TABLE"
     )

@@ -13,6 +13,7 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.audit.content_schema import CONTENT_COLUMNS
 from gateway.audit.schema import AUDIT_COLUMNS
 
 logger = logging.getLogger("gateway.audit")
@@ -131,8 +132,8 @@ class Spill:
         return True
 
 
-def load_rows(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """Audit rows from a spill file, or from audit_fallback entries in a log (JSON lines, or the JSON array
+def load_rows(path: str | Path, fallback_key: str = "audit_fallback") -> tuple[list[dict[str, Any]], int]:
+    """Audit rows from a spill file, or from `fallback_key` entries in a log (JSON lines, or the JSON array
     `gcloud logging read --format=json` prints), with integer columns made integers again; and how many
     lines held no row (other log lines, or a line a crash cut short)."""
     data = Path(path).read_bytes()
@@ -148,7 +149,7 @@ def load_rows(path: str | Path) -> tuple[list[dict[str, Any]], int]:
                 skipped += bool(line.strip())
     rows = []
     for entry in entries:
-        row = _row_of(entry)
+        row = _row_of(entry, fallback_key)
         if row is not None and isinstance(row.get("request_id"), str):
             rows.append(coerce_row(row))
         else:
@@ -156,18 +157,20 @@ def load_rows(path: str | Path) -> tuple[list[dict[str, Any]], int]:
     return rows, skipped
 
 
-def _row_of(entry: Any) -> dict[str, Any] | None:
+def _row_of(entry: Any, fallback_key: str) -> dict[str, Any] | None:
     if not isinstance(entry, dict):
         return None
     for holder in (entry, entry.get("jsonPayload")):
         if isinstance(holder, dict):
-            for key in ("row", "audit_fallback"):
+            for key in ("row", fallback_key):
                 if isinstance(holder.get(key), dict):
                     return dict(holder[key])
     return entry if "request_id" in entry else None
 
 
-_INTEGER_COLUMNS = frozenset(column.name for column in AUDIT_COLUMNS if column.type == "INT64")
+_INTEGER_COLUMNS = frozenset(
+    column.name for column in (*AUDIT_COLUMNS, *CONTENT_COLUMNS) if column.type == "INT64"
+)
 
 
 def coerce_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The embedded audit sink: a local SQLite file with the same columns as the BigQuery table."""
+"""The embedded audit sink: a local SQLite file with the same columns as the BigQuery tables."""
 
 from __future__ import annotations
 
@@ -10,35 +10,50 @@ from typing import Any
 
 import anyio.to_thread
 
-from gateway.audit.schema import AUDIT_COLUMNS, COLUMN_NAMES
+from gateway.audit.schema import AUDIT_TABLE, Table
 
-TABLE = "audit_log"
+TABLE = AUDIT_TABLE.sqlite_name
 _SQL_TYPES = {"STRING": "TEXT", "TIMESTAMP": "TEXT", "INT64": "INTEGER", "FLOAT64": "REAL", "BOOL": "INTEGER"}
 
 
-def create_table_sql() -> str:
+def _sql_type(column: Any) -> str:
+    return "TEXT" if column.mode == "REPEATED" else _SQL_TYPES[column.type]
+
+
+def create_table_sql(table: Table = AUDIT_TABLE) -> str:
     columns = []
-    for column in AUDIT_COLUMNS:
-        sql_type = "TEXT" if column.mode == "REPEATED" else _SQL_TYPES[column.type]
+    for column in table.columns:
         suffix = " PRIMARY KEY" if column.name == "request_id" else ""
-        columns.append(f"{column.name} {sql_type}{suffix}")
-    return f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(columns)})"
+        columns.append(f"{column.name} {_sql_type(column)}{suffix}")
+    return f"CREATE TABLE IF NOT EXISTS {table.sqlite_name} ({', '.join(columns)})"
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """A connection to the audit file with the table in place."""
+def add_missing_columns(connection: sqlite3.Connection, table: Table = AUDIT_TABLE) -> list[str]:
+    """Bring a table made by an older gateway up to the schema: SQLite, like BigQuery, lets columns be added."""
+    have = {row[1] for row in connection.execute(f"PRAGMA table_info({table.sqlite_name})")}
+    missing = [column for column in table.columns if column.name not in have]
+    for column in missing:
+        connection.execute(f"ALTER TABLE {table.sqlite_name} ADD COLUMN {column.name} {_sql_type(column)}")
+    return [column.name for column in missing]
+
+
+def connect(path: str, table: Table = AUDIT_TABLE) -> sqlite3.Connection:
+    """A connection to the audit file with the table in place and up to date."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, check_same_thread=False)
+    # Two sinks (metadata and content) may share the file: wait for the other's transaction rather than fail.
+    connection = sqlite3.connect(path, check_same_thread=False, timeout=10)
     connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(create_table_sql())
-    connection.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp ON {TABLE} (timestamp)")
+    connection.execute(create_table_sql(table))
+    add_missing_columns(connection, table)
+    name = table.sqlite_name
+    connection.execute(f"CREATE INDEX IF NOT EXISTS {name}_timestamp ON {name} (timestamp)")
     connection.commit()
     return connection
 
 
-def _to_sqlite(row: dict[str, Any]) -> tuple[Any, ...]:
+def _to_sqlite(row: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
     values = []
-    for name in COLUMN_NAMES:
+    for name in names:
         value = row.get(name)
         if isinstance(value, list):
             value = json.dumps(value)
@@ -53,21 +68,24 @@ class SQLiteSink:
 
     name = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, table: Table = AUDIT_TABLE) -> None:
         self.path = path
+        self.table = table
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        placeholders = ", ".join("?" for _ in COLUMN_NAMES)
-        self._insert = f"INSERT OR IGNORE INTO {TABLE} ({', '.join(COLUMN_NAMES)}) VALUES ({placeholders})"
+        names = table.names
+        placeholders = ", ".join("?" for _ in names)
+        self._insert = f"INSERT OR IGNORE INTO {table.sqlite_name} ({', '.join(names)}) VALUES ({placeholders})"
 
     async def open(self) -> None:
         try:
-            self._connection = await anyio.to_thread.run_sync(connect, self.path)
+            self._connection = await anyio.to_thread.run_sync(connect, self.path, self.table)
         except sqlite3.Error as exc:
             raise RuntimeError(f"cannot open the SQLite audit file {self.path}: {exc}") from exc
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
-        await anyio.to_thread.run_sync(self._write, [_to_sqlite(row) for row in rows])
+        names = self.table.names
+        await anyio.to_thread.run_sync(self._write, [_to_sqlite(row, names) for row in rows])
 
     def _write(self, values: list[tuple[Any, ...]]) -> None:
         if self._connection is None:

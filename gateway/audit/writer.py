@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gateway.audit")
 
+# The most bytes of captured content sent in one write (BigQuery refuses requests over 10 MB).
+CONTENT_BATCH_BYTES = 8 * 1024 * 1024
 # A row failed over this many times is left to the audit_fallback log rather than spilled yet again.
 MAX_ROUNDS = 3
 COUNTER_LOG_SECONDS = 60.0
@@ -59,8 +62,12 @@ class AuditWriter:
         max_backoff: float = 10.0,
         spill_dir: str | None = None,
         shutdown_seconds: float = 2.5,
+        fallback_key: str = "audit_fallback",
     ) -> None:
         self.sink = sink
+        # The log message and JSON key of rows that leave memory unwritten; the content writer's differ, so that
+        # its entries (which hold prompt text) can be routed away from everyone who reads the project's logs.
+        self.fallback_key = fallback_key
         self.counters = AuditCounters()
         self._queue: deque[AuditRecord | dict[str, Any]] = deque()
         self._queue_size = queue_size
@@ -96,18 +103,45 @@ class AuditWriter:
             shutdown_seconds=settings.audit_shutdown_seconds,
         )
 
+    @classmethod
+    def for_content(cls, settings: Settings) -> AuditWriter:
+        """The writer of captured prompts and responses: the content table, with the same guarantees."""
+        from gateway.audit.content_schema import CONTENT_TABLE
+
+        sink = open_sink(
+            settings.content_sink_url,
+            bigquery_endpoint=settings.bigquery_endpoint,
+            bigquery_anonymous=settings.bigquery_anonymous,
+            table=CONTENT_TABLE,
+            setting="GATEWAY_CONTENT_SINK",
+        )
+        # A content row can hold twice the capture cap: keep a batch well inside BigQuery's 10 MB request limit.
+        rows_per_batch = max(1, CONTENT_BATCH_BYTES // (2 * settings.capture_max_bytes))
+        return cls(
+            sink,
+            queue_size=settings.audit_queue_size,
+            batch_size=min(settings.audit_batch_size, rows_per_batch),
+            flush_interval=settings.audit_flush_ms / 1000,
+            retry_max_seconds=settings.audit_retry_max_seconds,
+            # Its own folder: each writer takes the spill files it finds as its own leftovers.
+            spill_dir=os.path.join(settings.audit_spill_dir or default_spill_dir(), "content"),
+            shutdown_seconds=settings.audit_shutdown_seconds,
+            fallback_key="audit_content_fallback",
+        )
+
     async def start(self) -> None:
         leftovers = self._spill.prepare()
         if leftovers:
             logger.warning(
                 "%d audit spill file(s) in %s were not written by this process (their rows are also in the "
-                "audit_fallback log); send them with `claude-gateway audit replay FILE`: %s",
-                len(leftovers), self._spill.directory, ", ".join(path.name for path in leftovers),
+                "%s log); send them with `claude-gateway audit replay%s FILE`: %s",
+                len(leftovers), self._spill.directory, self.fallback_key, self._replay_flag,
+                ", ".join(path.name for path in leftovers),
             )
         await self.sink.open()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
-    def submit(self, record: AuditRecord) -> None:
+    def submit(self, record: AuditRecord | dict[str, Any]) -> None:
         """Queue a row; never blocks and never raises. Beyond the queue's bound, spill it (and log it)."""
         if self._closed:
             self._log_fallback(_row(record), "audit writer already closed")
@@ -118,6 +152,14 @@ class AuditWriter:
             self._queue.append(record)
             if len(self._queue) >= self._batch_size:
                 self._wakeup.set()
+
+    @property
+    def label(self) -> str:
+        return "audit content writer" if self.fallback_key != "audit_fallback" else "audit writer"
+
+    @property
+    def _replay_flag(self) -> str:
+        return " --content" if self.fallback_key != "audit_fallback" else ""
 
     @property
     def pending(self) -> int:
@@ -156,12 +198,13 @@ class AuditWriter:
         remaining = self._spill.close()
         if remaining:
             logger.warning(
-                "%d audit row(s) remain in spill file(s) %s (they are in the audit_fallback log too); "
-                "send them with `claude-gateway audit replay FILE`",
-                self._spill.pending_rows, ", ".join(str(path) for path in remaining),
+                "%d audit row(s) remain in spill file(s) %s (they are in the %s log too); "
+                "send them with `claude-gateway audit replay%s FILE`",
+                self._spill.pending_rows, ", ".join(str(path) for path in remaining), self.fallback_key,
+                self._replay_flag,
             )
         await self.sink.aclose()
-        self._log_counters("audit writer closed")
+        self._log_counters(f"{self.label} closed")
 
     async def _run(self) -> None:
         while True:
@@ -219,7 +262,7 @@ class AuditWriter:
             self._next_report = self._now() + COUNTER_LOG_SECONDS
             if asdict(self.counters) != self._reported:
                 self._reported = asdict(self.counters)
-                self._log_counters("audit writer")
+                self._log_counters(self.label)
 
     async def _send_queued(self, deadline: float) -> None:
         batch = [(_row(self._queue.popleft()), 0) for _ in range(min(self._batch_size, len(self._queue)))]
@@ -336,7 +379,8 @@ class AuditWriter:
 
     def _log_fallback(self, row: dict[str, Any], reason: str) -> None:
         try:
-            logger.error("audit_fallback", extra={"json_fields": {"audit_fallback": row, "reason": reason}})
+            key = self.fallback_key
+            logger.error(key, extra={"json_fields": {key: row, "reason": reason}})
         except Exception:  # pragma: no cover - logging swallows handler errors itself
             self.counters.dropped += 1
         else:

@@ -31,6 +31,8 @@ class Admission:
     """The request's id in the shared counters: its concurrency slot, and the key `settle` accounts under."""
     counted: bool = False
     """Whether `settle` adds the request's tokens and cost to the user's counters and gives back its slot."""
+    capture: str = "none"
+    """Prompt capture level for the person: none, metadata+ or full (gateway.policy.model.CAPTURE_LEVELS)."""
 
 
 class PolicyRefusal(GatewayError):

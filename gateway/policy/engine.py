@@ -81,7 +81,7 @@ class GroupPolicy:
             raise PolicyRefusal(403, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
                                 rule=rule)
         if facts.path != MESSAGES:
-            return Admission(groups=groups, rule=rule)
+            return Admission(groups=groups, rule=rule, capture=limits.capture)
         if limits.max_tokens is not None and facts.max_tokens is not None and facts.max_tokens > limits.max_tokens:
             cap = limits.max_tokens
             raise PolicyRefusal(
@@ -94,7 +94,7 @@ class GroupPolicy:
                 rule=rule,
             )
         if not limits.counted:
-            return Admission(groups=groups, rule=rule)
+            return Admission(groups=groups, rule=rule, capture=limits.capture)
 
         lease = uuid.uuid4().hex
         now = self._clock()
@@ -112,10 +112,10 @@ class GroupPolicy:
                     headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER)},
                 ) from None
             self._note_unchecked(exc)
-            return Admission(groups=groups, rule=rule, lease=lease, counted=True)
+            return Admission(groups=groups, rule=rule, lease=lease, counted=True, capture=limits.capture)
         if exceeded is not None:
             raise _refusal(exceeded, email, limits, now, groups, rule)
-        return Admission(groups=groups, rule=rule, lease=lease, counted=True)
+        return Admission(groups=groups, rule=rule, lease=lease, counted=True, capture=limits.capture)
 
     async def settle(self, facts: RequestFacts, admission: Admission, usage: Usage, cost_usd: float | None) -> None:
         if not admission.counted or admission.lease is None:

@@ -5,6 +5,12 @@ from __future__ import annotations
 from gateway.policy.counters import MICROS, Snapshot
 from gateway.policy.model import LIMIT_FIELDS, Decision, Policy, format_value
 
+CAPTURE_MEANING = {
+    "none": "no prompt or response text is kept",
+    "metadata+": "facts about each request are kept in the content table, no text",
+    "full": "prompts and responses are kept, redacted, in the content table",
+}
+
 
 def summary(policy: Policy) -> str:
     """One line saying what a valid policy file holds."""
@@ -13,6 +19,8 @@ def summary(policy: Policy) -> str:
         _count(len(policy.groups), "group rule"),
         _count(len(policy.users), "user override"),
     ]
+    if policy.capturing_rules:
+        parts.append(f"prompt capture in {_count(len(policy.capturing_rules), 'rule')}")
     if policy.members is not None:
         parts.append(f"static members for {_count(len(policy.members), 'group')}")
     return f"{policy.source}: valid: " + ", ".join(parts)
@@ -42,6 +50,8 @@ def explain(decision: Decision, source: str, usage: Snapshot | None = None) -> l
     for name in ("models", *LIMIT_FIELDS):
         value = format_value(name, getattr(limits, name))
         lines.append(f"    {name:<24} {value:<28} {limits.why.get(name, '')}".rstrip())
+    lines.append(f"  capture: {limits.capture} ({CAPTURE_MEANING[limits.capture]})")
+    lines.append(f"           {limits.why.get('capture', '')}")
     if usage is not None:
         lines.append("  usage now (shared counters):")
         lines.append(f"    requests in the last minute  {usage.requests_last_minute}")

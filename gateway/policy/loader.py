@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from gateway.policy.model import BUDGET_FIELDS, RULE_FIELDS, ModelPattern, Policy, Rule
+from gateway.policy.model import BUDGET_FIELDS, CAPTURE_LEVELS, RULE_FIELDS, ModelPattern, Policy, Rule
 
 TOP_LEVEL_KEYS = ("version", "default", "groups", "users", "members")
 EXTENSION_PREFIX = "x-"
@@ -176,6 +176,13 @@ class _Reader:
         if key == "description":
             if not isinstance(value, str):
                 self.fail(node, f"description in {what} must be text")
+                return False, None
+            return True, value
+        if key == "capture":
+            if not (isinstance(node, ScalarNode) and node.tag == _STR and value in CAPTURE_LEVELS):
+                hint = f" (YAML reads {node.value!r} as {value}; write none)" if isinstance(value, bool) else ""
+                levels = ", ".join(CAPTURE_LEVELS)
+                self.fail(node, f"capture in {what} must be one of {levels}, not {_shown(node, value)}{hint}")
                 return False, None
             return True, value
         if value is None or isinstance(node, ScalarNode) and node.tag == _NULL:

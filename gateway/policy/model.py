@@ -17,7 +17,12 @@ LIMIT_FIELDS = (
     "max_tokens",
 )
 BUDGET_FIELDS = frozenset(("daily_budget_usd", "monthly_budget_usd"))
-RULE_FIELDS = ("models", *LIMIT_FIELDS, "description")
+RULE_FIELDS = ("models", *LIMIT_FIELDS, "capture", "description")
+
+# Prompt capture levels, from least to most kept. Across several groups the most capture wins: a person in a
+# group whose prompts must be kept has them kept, whatever other groups they are in.
+CAPTURE_LEVELS = ("none", "metadata+", "full")
+NO_CAPTURE = "none"
 
 # Model ids look like `claude-sonnet-4-5-20250929`, `claude-opus-4-1@20250805` (Vertex AI) or
 # `anthropic.claude-...:0` (Bedrock); `*` and `?` are the only wildcards, so a pattern never surprises.
@@ -64,6 +69,8 @@ class Rule:
     monthly_budget_usd: Decimal | None = None
     max_concurrent_requests: int | None = None
     max_tokens: int | None = None
+    capture: str | None = None
+    """Prompt capture level (one of CAPTURE_LEVELS); None when the rule does not say, which means `none`."""
     description: str | None = None
     given: frozenset[str] = frozenset()
     """The fields written in the file: a user override changes only these."""
@@ -80,6 +87,12 @@ class Policy:
     members: Mapping[str, tuple[str, ...]] | None = None
     """Static group membership (group -> members, which may be groups), or None to ask Cloud Identity."""
 
+    @property
+    def capturing_rules(self) -> list[Rule]:
+        """The rules that ask for prompt capture; with any, the gateway writes the content table."""
+        rules = (self.default, *self.groups.values(), *self.users.values())
+        return [rule for rule in rules if rule is not None and rule.capture not in (None, NO_CAPTURE)]
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -92,6 +105,8 @@ class Limits:
     monthly_budget_usd: Decimal | None = None
     max_concurrent_requests: int | None = None
     max_tokens: int | None = None
+    capture: str = NO_CAPTURE
+    """How much of each `/v1/messages` request and response is kept for audit (one of CAPTURE_LEVELS)."""
     source: Mapping[str, str] = field(default_factory=dict)
     """For each field, the rule its value comes from (named in refusals)."""
     why: Mapping[str, str] = field(default_factory=dict)
@@ -178,7 +193,20 @@ def _most_generous(rules: Sequence[Rule]) -> Limits:
         models = tuple(seen.values())
         source["models"] = ",".join(rule.name for rule in rules)
         why["models"] = rules[0].name if len(rules) == 1 else "all patterns of " + ", ".join(r.name for r in rules)
+    values["capture"], source["capture"], why["capture"] = _most_capture(rules)
     return Limits(models=models, source=source, why=why, **values)
+
+
+def _most_capture(rules: Sequence[Rule]) -> tuple[str, str, str]:
+    """The capture level, its rule and why: the most capture any of the rules asks for."""
+    offered = [(rule.name, rule.capture or NO_CAPTURE) for rule in rules]
+    source, level = max(offered, key=lambda item: CAPTURE_LEVELS.index(item[1]))
+    if not any(rule.capture for rule in rules):
+        return level, source, "no rule asks for capture"
+    why = source
+    if len(offered) > 1:
+        why += ", the most capture of " + ", ".join(f"{value} from {rule}" for rule, value in offered)
+    return level, source, why
 
 
 def _override(limits: Limits, override: Rule, *, has_base: bool) -> Limits:
@@ -189,6 +217,11 @@ def _override(limits: Limits, override: Rule, *, has_base: bool) -> Limits:
             changes[name] = getattr(override, name)
             source[name] = override.name
             why[name] = f"{override.name} override" if name in override.given else f"{override.name} sets no limit"
+    if "capture" in override.given or not has_base:
+        # An override is a deliberate choice for one person, so it may lower capture as well as raise it.
+        changes["capture"] = override.capture or NO_CAPTURE
+        source["capture"] = override.name
+        why["capture"] = f"{override.name} override" if "capture" in override.given else "no rule asks for capture"
     return replace(limits, source=source, why=why, **changes)
 
 

@@ -15,3 +15,5 @@ redis_enabled               = true
 redis_tier                  = "STANDARD_HA"
 audit_retention_days        = 400
 extra_env                   = { GATEWAY_LOG_LEVEL = "INFO" }
+content_reader_groups       = ["compliance@example.com"]
+content_retention_days      = 90

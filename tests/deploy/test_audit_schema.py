@@ -1,9 +1,11 @@
-"""terraform/audit_schema.json is generated from the package; a stale copy would create the wrong table."""
+"""terraform/audit_schema.json and content_schema.json are generated from the package; a stale copy would create
+the wrong table."""
 
 from __future__ import annotations
 
 import json
 
+from gateway.audit.content_schema import content_schema_json
 from gateway.audit.schema import bigquery_schema_json
 from tests.deploy.conftest import TERRAFORM
 
@@ -21,3 +23,11 @@ def test_schema_file_equals_the_package_schema() -> None:
 def test_schema_file_is_formatted_as_generated() -> None:
     expected = json.dumps(bigquery_schema_json(), indent=2) + "\n"
     assert (TERRAFORM / "audit_schema.json").read_text() == expected, f"regenerate it:\n{REGENERATE}"
+
+
+def test_content_schema_file_equals_the_package_schema() -> None:
+    expected = json.dumps(content_schema_json(), indent=2) + "\n"
+    assert (TERRAFORM / "content_schema.json").read_text() == expected, (
+        "terraform/content_schema.json is stale; regenerate it:\n"
+        ".venv/bin/claude-gateway bq schema --content > terraform/content_schema.json"
+    )

@@ -88,7 +88,9 @@ def test_no_public_principal_is_granted_anything(terraform: Terraform) -> None:
         assert not public.search(str(value)), f"local.{name} names a public principal"
 
 
-@pytest.mark.parametrize("variable", ["access_groups", "access_users", "security_reader_groups"])
+@pytest.mark.parametrize(
+    "variable", ["access_groups", "access_users", "security_reader_groups", "content_reader_groups"]
+)
 def test_member_lists_accept_only_bare_emails(terraform: Terraform, variable: str) -> None:
     condition = expression(one(terraform.variables[variable]["validation"])["condition"])
     pattern = re.search(r'regex\("((?:[^"\\]|\\.)*)"', condition)
@@ -198,6 +200,7 @@ def test_every_gateway_setting_is_wired(terraform: Terraform) -> None:
         "GATEWAY_POLICY_FILE",
         "GATEWAY_REDIS_URL",
         "GATEWAY_PROJECT",
+        "GATEWAY_CONTENT_SINK",
     }
     env = _env(terraform)
     assert expected <= set(env), f"not wired: {sorted(expected - set(env))}"
@@ -265,6 +268,51 @@ def test_security_readers_see_the_views_dataset_only(terraform: Terraform) -> No
         assert not terraform.of_type(kind), "dataset IAM resources drop authorised-dataset entries"
 
 
+def test_content_table_is_apart_partitioned_and_expires(terraform: Terraform) -> None:
+    dataset = terraform.resource("google_bigquery_dataset", "content")
+    assert dataset["dataset_id"] == "${var.bigquery_dataset_id}_content"  # no audit-dataset grant reaches it
+    table = terraform.resource("google_bigquery_table", "content")
+    assert table["dataset_id"] == "${google_bigquery_dataset.content.dataset_id}"
+    assert table["schema"] == '${file("${path.module}/content_schema.json")}'
+    assert table["require_partition_filter"] is True and table["deletion_protection"] is True
+    partitioning = one(table["time_partitioning"])
+    assert (partitioning["type"], partitioning["field"]) == ("DAY", "timestamp")
+    assert "var.content_retention_days * local.partition_days_ms" in partitioning["expiration_ms"]
+    assert terraform.variables["content_retention_days"]["default"] == 30
+    assert _env(terraform)["GATEWAY_CONTENT_SINK"]["value"] == "${local.content_sink}"
+    assert terraform.locals["content_sink"].startswith("bigquery://${var.project_id}/${google_bigquery_dataset.content")
+
+
+def test_content_readers_read_the_content_table_only(terraform: Terraform) -> None:
+    readers = terraform.resource("google_bigquery_table_iam_member", "content_readers")
+    assert readers["for_each"] == "${toset(var.content_reader_groups)}"
+    assert readers["table_id"] == "${google_bigquery_table.content.table_id}"
+    assert (readers["role"], readers["member"]) == ("roles/bigquery.dataViewer", "group:${each.value}")
+    # Nothing else reaches the content: no dataset access entry (the views are authorised on the audit dataset
+    # only), no other grant.
+    touching = sorted(
+        f"{kind}.{name}" for (kind, name), body in terraform.resources.items()
+        if "google_bigquery_dataset.content" in str(body) or "google_bigquery_table.content" in str(body)
+    )  # fmt: skip
+    assert touching == [
+        "google_bigquery_table.content",
+        "google_bigquery_table_iam_member.content_readers",
+        "google_bigquery_table_iam_member.gateway_writes_content",
+    ]
+
+
+def test_content_fallback_entries_stay_out_of_the_default_log_bucket(terraform: Terraform) -> None:
+    filter_ = terraform.locals["content_fallback_filter"]
+    assert "audit_content_fallback" in filter_
+    exclusion = terraform.resource("google_logging_project_exclusion", "content_fallback")
+    sink = terraform.resource("google_logging_project_sink", "content_fallback")
+    assert exclusion["filter"] == sink["filter"] == "${local.content_fallback_filter}"
+    assert sink["destination"] == "logging.googleapis.com/${google_logging_project_bucket_config.content_fallback.id}"
+    readers = terraform.resource("google_project_iam_member", "content_readers_read_fallback")
+    assert readers["role"] == "roles/logging.viewAccessor"
+    assert "content_fallback.id}/views/_AllLogs" in one(readers["condition"])["expression"]
+
+
 # --- least privilege ------------------------------------------------------------------------------------------------
 
 
@@ -282,6 +330,11 @@ def test_gateway_service_account_has_only_what_it_needs(terraform: Terraform) ->
     }
     assert grants[("google_project_iam_member", "roles/aiplatform.user")]["count"] == "${local.use_vertex ? 1 : 0}"
     assert terraform.resource(*SERVICE)["template"][0]["service_account"] == "${google_service_account.gateway.email}"
+    tables = sorted(
+        body["table_id"] for body in terraform.of_type("google_bigquery_table_iam_member").values()
+        if body["member"] == GATEWAY_MEMBER
+    )  # fmt: skip
+    assert tables == ["${google_bigquery_table.audit.table_id}", "${google_bigquery_table.content.table_id}"]
     accessors = [
         body["secret_id"]
         for body in terraform.of_type("google_secret_manager_secret_iam_member").values()
