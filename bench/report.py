@@ -77,7 +77,7 @@ def rows(paths: dict[str, Any]) -> list[tuple[str, dict[str, float | None], str]
     table.append(("CPU s per 1k req (c=50, server)", {n: cpu_per_1k(paths, n) for n in paths}, "cpu"))
     table.append(("req/s one free core could carry", {n: _capacity(paths, n) for n in paths}, "rps"))
     table.append(("peak RSS, MB (server)", {n: _peak_mb(paths[n]) for n in paths}, "mb"))
-    table.append(("errors (all phases)", {n: float(_errors(paths[n])) for n in paths}, "int"))
+    table.append(("errors + open-loop unanswered", {n: float(_errors(paths[n])) for n in paths}, "int"))
     table.append(("client CPU s per 1k req (c=50)", {n: _client_cpu(paths[n]) for n in paths}, "cpu"))
     table.append(("other processes, cores busy (c=50)", {n: _other(paths[n]) for n in paths}, "cores"))
     return table

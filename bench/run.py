@@ -47,8 +47,8 @@ class Plan:
     soak_seconds: float
 
 
-FULL = Plan(c1=4.0, closed=5.0, closed_warmup=1.0, open_duration=10.0, open_warmup=0.5, warm_requests=500,
-            soak=100_000, soak_seconds=240.0)
+FULL = Plan(c1=4.0, closed=4.0, closed_warmup=1.0, open_duration=8.0, open_warmup=0.5, warm_requests=500,
+            soak=100_000, soak_seconds=150.0)
 QUICK = Plan(c1=0.8, closed=0.8, closed_warmup=0.3, open_duration=1.5, open_warmup=0.2, warm_requests=50,
              soak=3_000, soak_seconds=5.0)
 
@@ -324,7 +324,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "but relay-httpx2; quick: also not relay+meter, whose cost the in-process metering "
                         "measurement gives exactly)")
     parser.add_argument("--soak", type=int, help="requests in the memory soak (default 100,000; quick 3,000; 0 off)")
-    parser.add_argument("--soak-seconds", type=float, help="stop the soak after this long (default 240; quick 8)")
+    parser.add_argument("--soak-seconds", type=float, help="stop the soak after this long (default 150; quick 5)")
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                         help="py-spy the gateway for this long, after the measured phases")
     parser.add_argument("--profile-concurrency", type=int, default=50, help="closed-loop concurrency while profiling")
