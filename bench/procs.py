@@ -62,6 +62,15 @@ def all_cpu() -> dict[int, float]:
     return times
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all CPUs (the `steal` column of /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        return 0.0
+
+
 def status_kb(pid: int, key: str) -> int:
     """A `kB` line of /proc/PID/status (VmRSS, VmHWM), 0 if the process is gone."""
     try:

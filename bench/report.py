@@ -80,6 +80,7 @@ def rows(paths: dict[str, Any]) -> list[tuple[str, dict[str, float | None], str]
     table.append(("errors + open-loop unanswered", {n: float(_errors(paths[n])) for n in paths}, "int"))
     table.append(("client CPU s per 1k req (c=50)", {n: _client_cpu(paths[n]) for n in paths}, "cpu"))
     table.append(("other processes, cores busy (c=50)", {n: _other(paths[n]) for n in paths}, "cores"))
+    table.append(("hypervisor steal, cores (c=50)", {n: _other(paths[n], "steal") for n in paths}, "cores"))
     return table
 
 
@@ -108,11 +109,11 @@ def _client_cpu(path: dict[str, Any]) -> float | None:
     return float(phase["cpu"]["client"]) / phase["requests"] * 1000
 
 
-def _other(path: dict[str, Any]) -> float | None:
+def _other(path: dict[str, Any], key: str = "other") -> float | None:
     phase = path.get("c50")
-    if not phase or not phase.get("elapsed"):
+    if not phase or not phase.get("elapsed") or key not in phase["cpu"]:
         return None
-    return float(phase["cpu"]["other"]) / phase["elapsed"]
+    return float(phase["cpu"][key]) / phase["elapsed"]
 
 
 def _fmt(value: float | None, kind: str, *, signed: bool) -> str:

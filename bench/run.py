@@ -135,6 +135,7 @@ def run_load(
                     "upstream": bench.upstream.cpu() if bench.upstream else 0.0,
                     "client": procs.cpu_seconds(load.pid),
                     "all": procs.all_cpu(),
+                    "steal": procs.steal_seconds(),
                 }
             elif line.startswith("PROGRESS") and on_progress is not None:
                 on_progress(int(line.split()[1]))
@@ -155,6 +156,7 @@ def run_load(
         "upstream": end["upstream"] - start["upstream"],
         "client": end["client"] - start["client"],
         "other": max(0.0, other),
+        "steal": end["steal"] - start["steal"],
     }
     return result
 
@@ -380,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     # Two cores: the system under test gets CPU 1 to itself; the client, the fake upstream and the shim share 0.
     sut_cpu, side_cpu = (str(cpus - 1), ",".join(str(c) for c in range(cpus - 1))) if pin else (None, None)
 
+    # SIGINT too: a shell starts background jobs with it ignored, and then Python would not raise on Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     run_dir = Path(tempfile.mkdtemp(prefix="claude-gw-bench-"))
     signer = AssertionSigner()
     assertion = signer.sign("dev@example.com", audience=AUDIENCE, subject="accounts.google.com:1234567890",
@@ -461,7 +465,7 @@ def print_results(results: dict[str, Any]) -> None:
     say()
     say("Direct column: absolute times; other columns: added over direct (same percentile). CPU and RSS: the")
     say("relay's own processes (nginx master+worker; shim+gw = gateway + shim). Other processes: CPU used on this")
-    say("machine by processes that are not the benchmark's, during the c=50 phase.")
+    say("machine by processes that are not the benchmark's, and hypervisor steal, during the c=50 phase.")
     if results["soak"]:
         say()
         say(report.render_soak(results["soak"]))
