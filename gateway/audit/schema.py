@@ -27,7 +27,7 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("agent_id", "STRING", "Claude Code subagent (X-Claude-Code-Agent-Id)."),
     Column("parent_agent_id", "STRING", "Parent of the subagent (X-Claude-Code-Parent-Agent-Id)."),
     Column("user_agent", "STRING", "Client User-Agent, e.g. claude-cli/2.1.328."),
-    Column("client_ip", "STRING", "Caller address as seen by the gateway (first X-Forwarded-For hop)."),
+    Column("client_ip", "STRING", "Caller address: the hop Google's front end appended to X-Forwarded-For (the last)."),
     Column("method", "STRING", "HTTP method.", "REQUIRED"),
     Column("path", "STRING", "Request path, without the query string.", "REQUIRED"),
     Column("requested_model", "STRING", "Model named in the request body."),
