@@ -91,6 +91,18 @@ def _take_message(usage: Usage, message: dict[str, Any]) -> None:
     _take_usage(usage, _dict(message.get("usage")))
 
 
+def to_lf(chunk: bytes, last_cr: bool) -> tuple[bytes, bool]:
+    """SSE line endings (CRLF, CR or LF) as LF; `last_cr` says the previous chunk ended in CR, so a LF opening
+    this one is the second half of a CRLF split across chunks. Returns the chunk and the new `last_cr`."""
+    if b"\r" in chunk:
+        if last_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), chunk.endswith(b"\r")
+    if last_cr and chunk.startswith(b"\n"):
+        chunk = chunk[1:]
+    return chunk, False
+
+
 class SSEMeter:
     """Reads Anthropic SSE bytes as they are relayed, chunk boundaries anywhere."""
 
@@ -136,16 +148,7 @@ class SSEMeter:
         self._done = True  # Nothing is read after the end.
 
     def _feed(self, chunk: bytes) -> None:
-        if b"\r" in chunk:
-            ends_cr = chunk.endswith(b"\r")
-            if self._last_cr and chunk.startswith(b"\n"):
-                chunk = chunk[1:]
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            self._last_cr = ends_cr
-        elif self._last_cr:
-            if chunk.startswith(b"\n"):
-                chunk = chunk[1:]
-            self._last_cr = False
+        chunk, self._last_cr = to_lf(chunk, self._last_cr)
         buf = self._buf
         buf += chunk
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from gateway.metering import to_lf
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAP_BYTES = 1024 * 1024
@@ -254,16 +256,7 @@ class ResponseAssembler:
     # SSE framing
 
     def _feed(self, chunk: bytes) -> None:
-        if b"\r" in chunk:
-            ends_cr = chunk.endswith(b"\r")
-            if self._last_cr and chunk.startswith(b"\n"):
-                chunk = chunk[1:]
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            self._last_cr = ends_cr
-        elif self._last_cr:
-            if chunk.startswith(b"\n"):
-                chunk = chunk[1:]
-            self._last_cr = False
+        chunk, self._last_cr = to_lf(chunk, self._last_cr)
         buf = self._buf
         if not buf and not self._skipping and chunk.endswith(b"\n\n"):
             # The usual case: the chunk holds whole events and nothing is pending, so nothing is copied.
