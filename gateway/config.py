@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     @field_validator("redaction_patterns")
     @classmethod
     def _patterns_compile(cls, value: str | None) -> str | None:
-        from gateway.capture.pipeline import load_redactor
+        from gateway.capture.patterns import load_redactor
 
         load_redactor(value)  # a bad pattern stops the gateway at start-up, named
         return value or None

@@ -324,3 +324,29 @@ def test_captures_beyond_the_backlog_are_audited_without_content(capture_stack: 
     assert {row["request_id"] for row in captured} == {row["request_id"] for row in rows} - {
         row["request_id"] for row in skipped
     }
+
+
+def test_a_dead_capture_worker_costs_one_batch_and_is_replaced(capture_stack: Any) -> None:
+    """The worker process is killed outright (as the kernel's OOM killer would): the requests it held are
+    served and audited with the reason, and the next capture works on a new worker."""
+    import multiprocessing
+    import os
+    import signal
+
+    before = set(multiprocessing.active_children())
+    with capture_stack() as stack:
+        stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["ok"], model=SONNET))
+        (worker,) = set(multiprocessing.active_children()) - before
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(5)
+        lost = post(stack, FULL_USER, messages_body())
+        first = stack.rows(1)
+        kept = post(stack, FULL_USER, messages_body())
+        rows = {row["request_id"]: row for row in stack.rows(2)}
+        (content,) = content_rows(stack)
+
+    assert lost.status_code == kept.status_code == 200
+    assert first[0]["capture_error"] == "capture failed: the capture worker stopped"
+    assert rows[kept.headers["x-gateway-request-id"]]["capture_error"] is None
+    assert content["request_id"] == kept.headers["x-gateway-request-id"]

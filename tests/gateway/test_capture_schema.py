@@ -8,16 +8,16 @@ from pathlib import Path
 
 from gateway.audit.content_schema import CONTENT_COLUMN_NAMES, CONTENT_TABLE, default_content_sink
 from gateway.audit.sqlite import connect
-from gateway.capture.pipeline import CapturePipeline, RequestCapture, content_row
+from gateway.capture.assemble import ResponseAssembler
 from gateway.capture.redact import Redactor
+from gateway.capture.rows import CaptureJob, content_row
 
 
 def test_the_pipeline_builds_rows_with_exactly_the_content_columns() -> None:
-    pipeline = CapturePipeline(None, None, Redactor(), cap_bytes=4096, max_pending=1)  # type: ignore[arg-type]
-    for level in ("metadata+", "full"):
-        capture = RequestCapture(pipeline, level, b'{"messages": [{"role": "user", "content": "hi"}]}')
-        row = content_row(capture, "req-1", datetime.now(UTC), "ada@example.com", Redactor(), 4096)
-        assert list(row) == list(CONTENT_COLUMN_NAMES)
+    body = b'{"messages": [{"role": "user", "content": "hi"}]}'
+    for level, assembler in (("metadata+", None), ("full", ResponseAssembler(4096))):
+        job = CaptureJob("req-1", datetime.now(UTC), "ada@example.com", level, body, assembler)
+        assert list(content_row(job, Redactor(), 4096)) == list(CONTENT_COLUMN_NAMES)
 
 
 def test_sqlite_content_table_has_the_schema_columns(tmp_path: Path) -> None:

@@ -1,0 +1,140 @@
+"""Content rows from finished captures: the facts, and the redacted text, of one request and its response.
+
+This runs in the capture worker process (or, for small facts-only work, on the event loop), so its inputs are
+plain data that pickles: a `CaptureJob` per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.audit.record import rfc3339
+from gateway.capture.assemble import ResponseAssembler, dumps
+from gateway.capture.patterns import load_redactor
+from gateway.capture.redact import Redactor
+from gateway.capture.summary import capture_request, summarise_request
+
+logger = logging.getLogger("gateway.capture")
+
+FULL = "full"
+MAX_ERROR = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureJob:
+    """One finished capture, as the worker takes it."""
+
+    request_id: str
+    timestamp: datetime
+    user_email: str | None
+    level: str
+    body: bytes
+    assembler: ResponseAssembler | None
+    """The response rebuilt so far (`full`, and only when an upstream answered)."""
+    json_body: bytes | None = None
+    """A non-streamed reply, for the assembler to read."""
+
+    def response(self) -> dict[str, Any] | None:
+        if self.assembler is None:
+            return None
+        if self.json_body is not None:
+            self.assembler.feed_json(self.json_body)
+        return self.assembler.result()
+
+
+def content_row(job: CaptureJob, redactor: Redactor, cap_bytes: int) -> dict[str, Any]:
+    """The content table's row for one request: facts at `metadata+`, and the redacted text at `full`."""
+    summary = summarise_request(job.body)
+    errors = [summary["error"]] if summary["error"] else []
+    row: dict[str, Any] = {
+        "request_id": job.request_id,
+        "timestamp": rfc3339(job.timestamp),
+        "user_email": job.user_email,
+        "capture_level": job.level,
+        "request": None,
+        "response": None,
+        "system_sha256": summary["system_sha256"],
+        "message_count": summary["message_count"],
+        "tools_offered": summary["tools_offered"],
+        "tools_used": summary["tools_used"],
+        "has_images": summary["has_images"],
+        "has_documents": summary["has_documents"],
+        "redactions": None,
+        "redaction_count": 0,
+        "truncated": False,
+        "capture_error": None,
+    }
+    counts: dict[str, int] = {}
+    if job.level == FULL:
+        request = capture_request(job.body, cap_bytes)
+        if request["error"] and request["error"] not in errors:
+            errors.append(request["error"])
+        truncated = bool(request["truncated"])
+        row["request"] = _redacted_json(request, redactor, counts)
+        response = job.response()
+        if response is not None:
+            if response["capture_error"]:
+                errors.append(f"response capture failed: {response['capture_error']}")
+            truncated |= bool(response["truncated"])
+            row["response"] = _redacted_json(response, redactor, counts)
+        row["truncated"] = truncated
+    if counts:
+        row["redactions"] = json.dumps(counts, sort_keys=True)
+        row["redaction_count"] = sum(counts.values())
+    if errors:
+        row["capture_error"] = "; ".join(errors)[:MAX_ERROR]
+    return row
+
+
+def content_rows(jobs: list[CaptureJob], redactor: Redactor, cap_bytes: int) -> list[dict[str, Any] | str]:
+    """Rows for a batch of captures; for a capture that fails, why, as text (its request is still audited)."""
+    out: list[dict[str, Any] | str] = []
+    for job in jobs:
+        try:
+            out.append(content_row(job, redactor, cap_bytes))
+        except Exception as exc:  # a capture bug costs the content row, never the metadata row
+            logger.exception("prompt capture failed for request %s", job.request_id)
+            out.append(f"capture failed: {type(exc).__name__}: {exc}"[:MAX_ERROR])
+    return out
+
+
+def _redacted_json(value: Any, redactor: Redactor, counts: dict[str, int]) -> str:
+    redacted, found = redactor.redact_json(value)
+    for name, count in found.items():
+        counts[name] = counts.get(name, 0) + count
+    return dumps(redacted).decode()
+
+
+# The worker process's redactor, compiled once when it starts.
+_worker_redactor: Redactor | None = None
+
+
+def start_worker(patterns: str | None, niceness: int) -> None:
+    """Initialise the capture worker process: below the gateway's priority, so that on a shared CPU the relay
+    runs first and captures take what is left."""
+    global _worker_redactor
+    # Ctrl-C at a terminal reaches the whole process group: the gateway stops the worker itself, in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:  # pragma: no cover - lowering one's own priority is always allowed on Linux
+            pass
+    _worker_redactor = load_redactor(patterns)
+
+
+def worker_rows(jobs: list[CaptureJob], cap_bytes: int) -> list[dict[str, Any] | str]:
+    """`content_rows` in the worker process, with its redactor."""
+    if _worker_redactor is None:
+        raise RuntimeError("capture worker used before start_worker()")
+    return content_rows(jobs, _worker_redactor, cap_bytes)
+
+
+def ready() -> bool:
+    """A no-op the pipeline sends at start-up, so that the first capture does not wait for the process."""
+    return _worker_redactor is not None
