@@ -27,6 +27,7 @@ from gateway.proxy import GatewayEndpoint
 from gateway.upstreams.configure import open_upstreams
 from gateway.upstreams.models import ModelTable
 from gateway.upstreams.router import UpstreamRouter
+from gateway.upstreams.transport import UpstreamTransport
 
 logger = logging.getLogger("gateway")
 
@@ -40,6 +41,8 @@ class Gateway:
     """Shared resources, created when the app starts and closed when it stops."""
 
     client: httpx.AsyncClient
+    """For the gateway's own calls (IAP keys); relayed requests go through `transport`."""
+    transport: UpstreamTransport
     verifier: IAPVerifier
     writer: AuditWriter
     upstreams: UpstreamRouter
@@ -87,6 +90,8 @@ class Gateway:
         await self.writer.start()
         if self.capture is not None:
             await self.capture.start()
+        # Last, so a start-up that fails earlier leaves no aiohttp session unclosed.
+        self.transport = UpstreamTransport.from_settings(settings)
         logger.info(
             "gateway %s started: upstreams %s, audit sink %s%s",
             __version__,
@@ -106,6 +111,7 @@ class Gateway:
             await asyncio.gather(self.writer.aclose(), self.capture.aclose())
         else:
             await self.writer.aclose()
+        await self.transport.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", self.writer.counters)
 

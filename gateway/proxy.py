@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import orjson
 
 from gateway.audit.record import AuditRecord
@@ -23,6 +22,7 @@ from gateway.metering import JSONMeter, SSEMeter, Usage
 from gateway.policy import Admission, PolicyRefusal, RequestFacts
 from gateway.upstreams import UpstreamCall, UpstreamUnavailable
 from gateway.upstreams.models import models_listing
+from gateway.upstreams.transport import UpstreamResponse, UpstreamTimeout, UpstreamTransportError
 from gateway.upstreams.vertex_protocol import match_vertex_path, with_anthropic_version
 
 if TYPE_CHECKING:
@@ -200,20 +200,20 @@ class GatewayEndpoint:
             scope.cancel()
 
         watcher = asyncio.create_task(watch_disconnect())
-        upstream_response: httpx.Response | None = None
+        upstream_response: UpstreamResponse | None = None
         meter: SSEMeter | JSONMeter = JSONMeter()
         failure: GatewayError | None = None
         try:
             with scope:
                 try:
-                    result = await gateway.upstreams.open(gateway.client, call)
+                    result = await gateway.upstreams.open(gateway.transport, call)
                 except UpstreamUnavailable as exc:
                     record.upstream, record.attempts = exc.upstream, exc.attempts
                     record.upstream_failures = "; ".join(exc.failures) or None
                     raise _unavailable(exc) from None
-                except httpx.TimeoutException as exc:
+                except UpstreamTimeout as exc:
                     raise _upstream_failure(504, "timed out", exc) from None
-                except httpx.HTTPError as exc:
+                except UpstreamTransportError as exc:
                     raise _upstream_failure(502, "could not be reached", exc) from None
                 upstream_response = result.response
                 record.upstream = result.upstream
@@ -229,7 +229,7 @@ class GatewayEndpoint:
                     capture.start(event_stream)
                     feed = capture.feed
                 await response.start(
-                    upstream_response.status_code, client_response_headers(upstream_response.headers.raw)
+                    upstream_response.status_code, client_response_headers(upstream_response.raw_headers)
                 )
                 try:
                     async for chunk in upstream_response.aiter_raw():
@@ -237,7 +237,7 @@ class GatewayEndpoint:
                         if feed is not None:
                             feed(chunk)
                         await response.body(chunk)
-                except httpx.HTTPError as exc:
+                except UpstreamTransportError as exc:
                     # Too late for a status code: tell a streaming client in its own protocol.
                     failure = _upstream_failure(502, "failed mid-response", exc)
                     if isinstance(meter, SSEMeter):

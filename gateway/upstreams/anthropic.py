@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 from pydantic import SecretStr
 
 from gateway.upstreams.base import UpstreamCall
+from gateway.upstreams.transport import UpstreamRequest
 
 
 class AnthropicUpstream:
@@ -17,13 +17,11 @@ class AnthropicUpstream:
         self._base_url = base_url.rstrip("/")
         self._key_header = [(b"x-api-key", api_key.get_secret_value().encode())] if api_key else []
 
-    async def build_request(self, client: httpx.AsyncClient, call: UpstreamCall) -> httpx.Request:
+    async def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         url = self._base_url + call.path
         if call.query:
             url += "?" + call.query.decode("latin-1")
-        return client.build_request(
-            call.method, url, headers=call.headers + self._key_header, content=call.body or None
-        )
+        return UpstreamRequest(call.method, url, call.headers + self._key_header, call.body or None)
 
     def anthropic_error(self, status: int, body: bytes) -> bytes | None:
         return None

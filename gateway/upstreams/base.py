@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import httpx
+from gateway.upstreams.transport import UpstreamRequest, UpstreamResponse
 
 
 @dataclass(slots=True)
@@ -27,7 +27,7 @@ class UpstreamCall:
 class UpstreamResult:
     """An upstream response whose body has not been read yet, and how it was reached."""
 
-    response: httpx.Response
+    response: UpstreamResponse
     upstream: str
     attempts: int = 1
     failures: list[str] = field(default_factory=list)
@@ -64,7 +64,7 @@ class Upstream(Protocol):
 
     name: str
 
-    async def build_request(self, client: httpx.AsyncClient, call: UpstreamCall) -> httpx.Request: ...
+    async def build_request(self, call: UpstreamCall) -> UpstreamRequest: ...
 
     def anthropic_error(self, status: int, body: bytes) -> bytes | None:
         """An error body in Anthropic's shape when the provider used its own, else None (keep it as it is)."""

@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable, Sequence
 
-import httpx
 import orjson
 
 from gateway.upstreams.base import Upstream, UpstreamCall, UpstreamError, UpstreamResult, UpstreamUnavailable
 from gateway.upstreams.breaker import CircuitBreaker, parse_retry_after
+from gateway.upstreams.transport import UpstreamResponse, UpstreamTimeout, UpstreamTransport, UpstreamTransportError
 
 logger = logging.getLogger("gateway.upstreams")
 
@@ -62,7 +63,7 @@ class UpstreamRouter:
     def names(self) -> list[str]:
         return [u.name for u in self.upstreams]
 
-    async def open(self, client: httpx.AsyncClient, call: UpstreamCall) -> UpstreamResult:
+    async def open(self, transport: UpstreamTransport, call: UpstreamCall) -> UpstreamResult:
         """The first usable response; the last failed one when every upstream failed with a status."""
         failures: list[str] = []
         attempts = 0
@@ -83,10 +84,10 @@ class UpstreamRouter:
             attempts += 1
             last_tried = upstream.name
             try:
-                result, error_body = await self._attempt(client, upstream, call)
-            except (httpx.TransportError, UpstreamError) as exc:
+                result, error_body = await self._attempt(transport, upstream, call)
+            except (UpstreamTransportError, UpstreamError) as exc:
                 reason = _describe(exc)
-                timed_out = isinstance(exc, httpx.TimeoutException)
+                timed_out = isinstance(exc, UpstreamTimeout)
                 self._failed(upstream, breaker, reason)
                 failures.append(f"{upstream.name}: {reason}")
                 continue
@@ -118,10 +119,10 @@ class UpstreamRouter:
         raise self._unavailable(attempts, failures, timed_out, last_tried)
 
     async def _attempt(
-        self, client: httpx.AsyncClient, upstream: Upstream, call: UpstreamCall
+        self, transport: UpstreamTransport, upstream: Upstream, call: UpstreamCall
     ) -> tuple[UpstreamResult, bytes]:
-        request = await upstream.build_request(client, call)
-        response = await client.send(request, stream=True)
+        request = await upstream.build_request(call)
+        response = await transport.send(request)
         if response.status_code < 400:
             return UpstreamResult(response=response, upstream=upstream.name), b""
         response, body = await _buffered(response, upstream)
@@ -164,27 +165,38 @@ class UpstreamRouter:
                 logger.exception("closing upstream %s failed", upstream.name)
 
 
-async def _buffered(response: httpx.Response, upstream: Upstream) -> tuple[httpx.Response, bytes]:
+async def _buffered(response: UpstreamResponse, upstream: Upstream) -> tuple[UpstreamResponse, bytes]:
     """The error response read into memory and closed, with its body in Anthropic's shape."""
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= ERROR_BODY_LIMIT:
-                break
+        body = await response.aread(ERROR_BODY_LIMIT)
     finally:
         await response.aclose()
-    body = b"".join(chunks)[:ERROR_BODY_LIMIT]
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    decoded = _decoded(body, encoding)
+    dropped = _DROPPED_FROM_BUFFERED if decoded is not None else _DROPPED_FROM_BUFFERED - {b"content-encoding"}
+    body = decoded if decoded is not None else body
     body = upstream.anthropic_error(response.status_code, body) or body
-    headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _DROPPED_FROM_BUFFERED]
+    headers = [(k, v) for k, v in response.raw_headers if k.lower() not in dropped]
     headers.append((b"content-length", str(len(body)).encode()))
-    # A stream, not `content=`: httpx reads `content` at once, and the proxy relays with `aiter_raw`.
-    buffered = httpx.Response(
-        response.status_code, headers=headers, stream=httpx.ByteStream(body), request=response.request
-    )
-    return buffered, body
+    return UpstreamResponse.buffered(response.status_code, headers, body), body
+
+
+def _decoded(body: bytes, encoding: str) -> bytes | None:
+    """The body without its content encoding (an upstream that ignored `identity`), or None when it is in one
+    this cannot undo, and stays encoded with its header."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    wbits = zlib.MAX_WBITS | 32 if encoding != "deflate" else zlib.MAX_WBITS
+    try:
+        decompressor = zlib.decompressobj(wbits)
+        return decompressor.decompress(body, ERROR_BODY_LIMIT)
+    except zlib.error:
+        try:  # deflate sent raw, without the zlib wrapper
+            return zlib.decompressobj(-zlib.MAX_WBITS).decompress(body, ERROR_BODY_LIMIT)
+        except zlib.error:
+            return None
 
 
 def _error_detail(body: bytes) -> str:
@@ -203,6 +215,6 @@ def _error_detail(body: bytes) -> str:
 def _describe(exc: Exception) -> str:
     if isinstance(exc, UpstreamError):
         return str(exc)
-    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    kind = "timed out" if isinstance(exc, UpstreamTimeout) else "connection failed"
     detail = str(exc) or type(exc).__name__
     return f"{kind} ({type(exc).__name__}): {detail}"[:300]

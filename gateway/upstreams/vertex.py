@@ -7,12 +7,12 @@ import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-import httpx
 import orjson
 
 from gateway.errors import GatewayError, error_body
 from gateway.upstreams.base import UpstreamCall, UpstreamError
 from gateway.upstreams.models import ModelTable
+from gateway.upstreams.transport import UpstreamRequest
 
 logger = logging.getLogger("gateway.upstreams")
 
@@ -79,7 +79,7 @@ class VertexUpstream:
         # None passes every beta through unchanged.
         self._betas = None if betas is None else frozenset(betas)
 
-    async def build_request(self, client: httpx.AsyncClient, call: UpstreamCall) -> httpx.Request:
+    async def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         data = _json_object(call.body)
         data.pop("anthropic_version", None)
         if call.path == "/v1/messages":
@@ -102,7 +102,7 @@ class VertexUpstream:
         headers = self._headers(call.headers, betas) + [
             (k.encode(), v.encode()) for k, v in (await self._token.headers()).items()
         ]
-        return client.build_request("POST", url, headers=headers, content=orjson.dumps(data))
+        return UpstreamRequest("POST", url, headers, orjson.dumps(data))
 
     def _headers(self, incoming: list[tuple[bytes, bytes]], with_betas: bool) -> list[tuple[bytes, bytes]]:
         kept: list[tuple[bytes, bytes]] = []
