@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +58,9 @@ class AuditRecord:
 
     def to_row(self) -> dict[str, Any]:
         """A JSON-ready row: RFC 3339 UTC timestamp, free text truncated to documented limits."""
-        row = asdict(self)
+        # Not `dataclasses.asdict`: it deep-copies every value, and this runs for every request.
+        row = {name: getattr(self, name) for name in _FIELD_NAMES}
+        row["groups"] = list(self.groups)
         row["timestamp"] = rfc3339(self.timestamp)
         for key, value in row.items():
             if isinstance(value, str):
@@ -66,6 +68,9 @@ class AuditRecord:
                 if len(value) > limit:
                     row[key] = value[: limit - 1] + "…"
         return row
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditRecord))
 
 
 def rfc3339(moment: datetime) -> str:
