@@ -62,6 +62,9 @@ def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.C
         access_log=False,
         server_header=False,
         date_header=False,
+        # The gateway reads X-Forwarded-For itself (the last entry, Google's); uvicorn's middleware would only
+        # add a layer to every request.
+        proxy_headers=False,
         # Cloud Run allows 10 s after SIGTERM; leave time for the audit queue to drain.
         timeout_graceful_shutdown=7,
         lifespan="on",
