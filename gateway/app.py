@@ -6,11 +6,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 from gateway.audit import AuditWriter
@@ -35,6 +37,7 @@ logger = logging.getLogger("gateway")
 # the captures under way may take.
 CAPTURE_DRAIN_SECONDS = 0.5
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_RELAY_METHODS = frozenset(ALL_METHODS)  # others get the catch-all route's 405, with or without the shortcut
 
 
 class Gateway:
@@ -116,6 +119,24 @@ class Gateway:
         logger.info("gateway stopped: %s", self.writer.counters)
 
 
+class GatewayApp(FastAPI):
+    """FastAPI for the gateway's own endpoints, with `/v1/...` relayed straight to the relay endpoint: FastAPI's
+    middleware stack and router would cost more per request than the relay's own checks, and do nothing for it."""
+
+    relay: GatewayEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.relay is not None
+            and scope["type"] == "http"
+            and scope["path"].startswith("/v1/")
+            and scope["method"] in _RELAY_METHODS
+        ):
+            await self.relay(cast(dict[str, Any], scope), receive, send)  # uvicorn's scopes are dicts
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A gateway app; settings are read from the environment when not given."""
     settings = settings or Settings()
@@ -129,7 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await gateway.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Claude SSO gateway",
         version=__version__,
         lifespan=lifespan,
@@ -154,4 +175,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     endpoint = GatewayEndpoint(gateway)
     # Plain ASGI routes for the relay: FastAPI's request parsing would cost time and buffer nothing useful.
     app.router.routes.append(Route("/{path:path}", endpoint=endpoint, methods=ALL_METHODS))
+    app.relay = endpoint
     return app
