@@ -146,13 +146,13 @@ variable "vertex_project_id" {
 }
 
 variable "vertex_region" {
-  description = "Vertex AI region for the plain vertex upstream (GATEWAY_VERTEX_REGION), e.g. global, us-east5 or europe-west1."
+  description = "Vertex AI region for the plain vertex upstream (GATEWAY_VERTEX_REGION), e.g. global, us, eu, us-east5 or europe-west1."
   type        = string
   default     = "global"
 
   validation {
-    condition     = var.vertex_region == "global" || can(regex("^[a-z]+-[a-z]+[0-9]+$", var.vertex_region))
-    error_message = "The vertex_region must be global or a region name such as us-east5."
+    condition     = contains(["global", "us", "eu"], var.vertex_region) || can(regex("^[a-z]+-[a-z]+[0-9]+$", var.vertex_region))
+    error_message = "The vertex_region must be global, the us or eu multi-region, or a region name such as us-east5."
   }
 }
 
