@@ -19,14 +19,27 @@ def sdk_stack(make_stack: StackFactory) -> Iterator[Stack]:
             yield stack
 
 
+_clients: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """SDK clients hold pooled sockets; left to the garbage collector they surface as ResourceWarnings."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client_for(stack: Stack) -> anthropic.Anthropic:
     # The SDK's own key is a placeholder: the gateway strips it and uses its own.
-    return anthropic.Anthropic(
+    client = anthropic.Anthropic(
         base_url=stack.url,
         api_key="placeholder-not-a-real-key",
         default_headers={"x-goog-iap-jwt-assertion": stack.assertion("grace@example.com")},
         max_retries=0,
     )
+    _clients.append(client)
+    return client
 
 
 def test_sdk_streaming_through_gateway_is_audited_with_user_model_and_tokens(sdk_stack: Stack) -> None:
@@ -87,6 +100,7 @@ def test_sdk_count_tokens_and_models(sdk_stack: Stack) -> None:
 
 def test_sdk_sees_gateway_refusal_as_authentication_error(sdk_stack: Stack) -> None:
     client = anthropic.Anthropic(base_url=sdk_stack.url, api_key="x", max_retries=0)
+    _clients.append(client)
 
     with pytest.raises(anthropic.AuthenticationError) as refused:
         client.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}])

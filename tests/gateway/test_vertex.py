@@ -378,16 +378,16 @@ def test_anthropic_vertex_sdk_talks_to_the_gateway(vstack: VertexStack) -> None:
     vstack.vertex.reply = reply
     headers = vstack.gateway.headers()
     headers.pop("anthropic-version")
-    client = anthropic.AnthropicVertex(
-        region="us-east5", project_id="client-project", access_token="skipped",
-        base_url=vstack.gateway.url + "/v1", default_headers=headers, max_retries=0,
-    )
     messages = [{"role": "user", "content": "hello"}]
 
-    message = client.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=32, messages=messages)
-    with client.messages.stream(model="claude-sonnet-4-5@20250929", max_tokens=32, messages=messages) as stream:
-        streamed = stream.get_final_text()
-    counted = client.messages.count_tokens(model="claude-sonnet-4-5@20250929", messages=messages)
+    with anthropic.AnthropicVertex(
+        region="us-east5", project_id="client-project", access_token="skipped",
+        base_url=vstack.gateway.url + "/v1", default_headers=headers, max_retries=0,
+    ) as client:
+        message = client.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=32, messages=messages)
+        with client.messages.stream(model="claude-sonnet-4-5@20250929", max_tokens=32, messages=messages) as stream:
+            streamed = stream.get_final_text()
+        counted = client.messages.count_tokens(model="claude-sonnet-4-5@20250929", messages=messages)
 
     assert message.content[0].text == "hello from vertex"
     assert streamed == "Hi there"

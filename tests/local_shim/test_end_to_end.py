@@ -111,16 +111,18 @@ def test_sdk_streams_through_shim_iap_and_gateway_and_the_audit_names_the_user(
     sign_in(local_stack.google, config_dir, "ada@example.com")
     settings = shim_settings(gateway_url=local_stack.iap_url, token_endpoint=f"{local_stack.google_url}/token")
 
-    with run_shim(settings, secret=SECRET) as shim_url:
-        client = anthropic.Anthropic(base_url=shim_url, auth_token=SECRET, max_retries=0)
-        with client.messages.stream(
+    with (
+        run_shim(settings, secret=SECRET) as shim_url,
+        anthropic.Anthropic(base_url=shim_url, auth_token=SECRET, max_retries=0) as client,
+        client.messages.stream(
             model=MODEL,
             max_tokens=64,
             messages=[{"role": "user", "content": "through the shim"}],
             extra_headers={"x-claude-code-session-id": "shim-session"},
-        ) as stream:
-            pieces = list(stream.text_stream)
-            final = stream.get_final_message()
+        ) as stream,
+    ):
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
 
     assert "".join(pieces).startswith("Hello from the mock upstream")
     assert len(pieces) == 6 and final.usage.output_tokens == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,21 @@ def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: 
     return Stack(google, iap, gateway, servers.google_url, servers.gateway_url)
 
 
+_sdk_clients: list[anthropic.Anthropic] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    """SDK clients hold pooled sockets; left to the garbage collector they surface as ResourceWarnings."""
+    yield
+    while _sdk_clients:
+        _sdk_clients.pop().close()
+
+
 def sdk(base_url: str, secret: str = SECRET) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=base_url, auth_token=secret, max_retries=0)
+    client = anthropic.Anthropic(base_url=base_url, auth_token=secret, max_retries=0)
+    _sdk_clients.append(client)
+    return client
 
 
 def test_sdk_streams_through_the_shim_with_the_persons_id_token(stack: Stack, google_key: GoogleKey) -> None:
