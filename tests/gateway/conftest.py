@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import json
-import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -14,6 +11,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.dev.iap import AssertionSigner
+from tests.support.audit import wait_for_rows
 from tests.support.servers import FakeUpstream, serve
 
 AUDIENCE = "/projects/123456789/locations/europe-west1/services/claude-gateway"
@@ -39,22 +37,7 @@ class Stack:
 
     def rows(self, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The audit rows, once at least `count` have been written (the writer flushes in the background)."""
-        deadline = time.monotonic() + timeout
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            if self.audit_db.exists():
-                with sqlite3.connect(self.audit_db) as connection:
-                    connection.row_factory = sqlite3.Row
-                    try:
-                        rows = [dict(r) for r in connection.execute("SELECT * FROM audit_log ORDER BY timestamp")]
-                    except sqlite3.OperationalError:
-                        rows = []
-                if len(rows) >= count:
-                    for row in rows:
-                        row["groups"] = json.loads(row["groups"]) if row["groups"] else []
-                    return rows
-            time.sleep(0.02)
-        raise AssertionError(f"expected {count} audit rows, found {len(rows)}")
+        return wait_for_rows(self.audit_db, count, timeout)
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from gateway.dev.iap import AssertionSigner, Identity, LocalIAP
 from gateway.dev.mock_upstream import create_mock_upstream
 from local_shim.store import StoredLogin, TokenStore
 from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, FakeGoogle, GoogleKey, run_shim, shim_settings
+from tests.support.audit import wait_for_rows
 from tests.support.servers import serve
 
 pytestmark = pytest.mark.slow
@@ -46,20 +45,7 @@ class LocalStack:
 
     def rows(self, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Audit rows, once the gateway's background writer has flushed `count` of them."""
-        deadline = time.monotonic() + timeout
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            if self.audit_db.exists():
-                with sqlite3.connect(self.audit_db) as connection:
-                    connection.row_factory = sqlite3.Row
-                    try:
-                        rows = [dict(row) for row in connection.execute("SELECT * FROM audit_log")]
-                    except sqlite3.OperationalError:
-                        rows = []
-                if len(rows) >= count:
-                    return rows
-            time.sleep(0.02)
-        raise AssertionError(f"expected {count} audit rows, found {len(rows)}")
+        return wait_for_rows(self.audit_db, count, timeout)
 
 
 @pytest.fixture
