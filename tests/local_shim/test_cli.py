@@ -271,10 +271,9 @@ def test_serve_runs_until_ctrl_c_and_stops_cleanly(configured: Gateway, config_d
         banner = process.stdout.readline()
         port = int(banner.split("http://127.0.0.1:")[1].split()[0])
         secret = local_secret(config_dir)
-        reply = urllib.request.urlopen(
-            urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers={"x-api-key": secret}), timeout=10
-        )
-        assert reply.status == 200
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/healthz", headers={"x-api-key": secret})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 200
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=20)
