@@ -34,7 +34,7 @@ from starlette.routing import Route
 from local_shim.auth import TokenProvider
 from local_shim.config import ShimSettings
 from local_shim.server import bind_loopback, create_app, make_server
-from tests.support.servers import serve
+from tests.support.servers import lifespan, run_in_thread, serve
 
 CLIENT_ID = "1234-desktop.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-desktop-client-secret"
@@ -293,9 +293,7 @@ class Switch:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -326,18 +324,8 @@ def run_shim(
     try:
         port = sock.getsockname()[1]
         server = make_server(create_app(settings, port=port, secret=secret, provider=provider), access_log=False)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("shim did not start")
-            time.sleep(0.01)
-        try:
+        with run_in_thread(server, sock):
             yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(15)
     finally:
         sock.close()
 

@@ -21,9 +21,17 @@ def serve(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
-    port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
+    try:
+        with run_in_thread(uvicorn.Server(config), sock):
+            yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@contextmanager
+def run_in_thread(server: uvicorn.Server, sock: socket.socket) -> Iterator[None]:
+    """Serve on an already bound socket from a thread until the block ends; the caller closes the socket."""
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -32,11 +40,27 @@ def serve(app: Any, *, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield f"http://{host}:{port}"
+        yield
     finally:
         server.should_exit = True
         thread.join(15)
-        sock.close()
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI lifespan conversation for a fake with nothing to start or stop."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole request body."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 @dataclass
@@ -80,16 +104,9 @@ class FakeUpstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"] == "/iap/public_key":
             self.key_fetches += 1
             await _send_all(send, Reply(200, [("content-type", "application/json")], [orjson.dumps(self.keys)]))
