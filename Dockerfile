@@ -9,11 +9,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Only what the wheel is built from (.dockerignore allows nothing else into the context).
+# The locked versions first (hashes checked), in a layer of their own that only a lock change rebuilds.
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/runtime.txt \
+ && python -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt
+# Only what the wheel is built from (.dockerignore allows nothing else into the context). The locked build backend
+# builds it, and nothing beyond the lock is installed.
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY local_shim ./local_shim
-RUN /opt/venv/bin/pip install .
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheel . \
+ && /opt/venv/bin/pip install --no-deps /tmp/wheel/*.whl
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
