@@ -170,7 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         """Audit counters for Prometheus or Cloud Monitoring: counts only, no user data."""
-        return Response(prometheus_text(gateway.writer, gateway.capture), media_type=METRICS_CONTENT_TYPE)
+        text = prometheus_text(gateway.writer, gateway.capture) + gateway.prices.prometheus_text()
+        return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     endpoint = GatewayEndpoint(gateway)
     # Plain ASGI routes for the relay: FastAPI's request parsing would cost time and buffer nothing useful.

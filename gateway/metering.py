@@ -31,6 +31,12 @@ class Usage:
     output_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
     cache_read_input_tokens: int | None = None
+    # The part of cache_creation_input_tokens written with a 1-hour TTL (usage.cache_creation), priced apart.
+    cache_creation_1h_input_tokens: int | None = None
+    web_search_requests: int | None = None  # usage.server_tool_use, charged per search
+    inference_geo: str | None = None  # "us" for US-only inference, which costs 1.1x
+    speed: str | None = None  # "fast" when fast mode served the request, at its own prices
+    iterations: list[Any] | None = None  # per-iteration usage when a request ran several sampling iterations
     stop_reason: str | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -67,11 +73,27 @@ def _loads(data: bytes) -> dict[str, Any] | None:
 
 
 def _take_usage(usage: Usage, counts: dict[str, Any]) -> None:
-    """Copy the token counts present (and valid) in an Anthropic `usage` object."""
+    """Copy what prices a response from an Anthropic `usage` object: valid counts, and the fields that change the
+    rate (cache TTLs, server tools, inference region, speed, iterations)."""
     for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
         value = _int(counts.get(name))
         if value is not None:
             setattr(usage, name, value)
+    creation = counts.get("cache_creation")
+    if isinstance(creation, dict):
+        one_hour = _int(creation.get("ephemeral_1h_input_tokens"))
+        if one_hour is not None:
+            usage.cache_creation_1h_input_tokens = one_hour
+    tools = counts.get("server_tool_use")
+    if isinstance(tools, dict):
+        searches = _int(tools.get("web_search_requests"))
+        if searches is not None:
+            usage.web_search_requests = searches
+    usage.inference_geo = _str(counts.get("inference_geo")) or usage.inference_geo
+    usage.speed = _str(counts.get("speed")) or usage.speed
+    iterations = counts.get("iterations")
+    if isinstance(iterations, list):
+        usage.iterations = iterations
 
 
 def _take_error(usage: Usage, body: dict[str, Any]) -> None:

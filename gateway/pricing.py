@@ -1,164 +1,419 @@
-"""What a response cost: a pricing table loaded from JSON data, matched to the model ids upstreams report."""
+"""What a response cost, computed the way Anthropic bills it and Claude Code shows it.
+
+Prices come in layers, first match wins: the operator's GATEWAY_PRICING_FILE, then the gateway's own gap table
+(`gateway/data/pricing.json`: only what the library below lacks), then `genai-prices`, a maintained price
+database that ships its data in the package (it is never asked to update itself over the network). A model in
+none of them is charged at the highest list price of its family, so a new model can never make a budget
+inapplicable; its audit rows say so.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from importlib import resources
+from importlib import metadata, resources
 from typing import Any
 
 from gateway.metering import Usage
 
-UNIT = "USD per million tokens"
-PACKAGED = "gateway/data/pricing.json (packaged default)"
+logger = logging.getLogger(__name__)
 
-_PRICE_FIELDS = ("input", "output", "cache_write", "cache_read")
-_MODEL_KEYS = frozenset((*_PRICE_FIELDS, "aliases"))
+UNIT = "USD per million tokens"
+PACKAGED = "gateway/data/pricing.json (packaged gap table)"
+
+# How a row's cost was found: the model's own list price, or the fallback rule for a model with none.
+RULE_LIST = "list"
+RULE_FAMILY_MAX = "family_max"
+RULE_OVERALL_MAX = "overall_max"
+
+# Anthropic's published multipliers, used where an operator's file leaves a price out.
+US_INFERENCE_PREMIUM = Decimal("1.1")
+_DEFAULT_WEB_SEARCH = Decimal("0.01")
+_ONE_HOUR_WRITE_PER_INPUT = Decimal(2)
+
+_RATE_FIELDS = ("input", "output", "cache_write", "cache_write_1h", "cache_read")
+_REQUIRED_FIELDS = ("input", "output", "cache_write", "cache_read")
+_MODEL_KEYS = frozenset((*_RATE_FIELDS, "web_search", "long_prompt", "fast", "aliases"))
+_TIER_KEYS = frozenset((*_RATE_FIELDS, "above_prompt_tokens"))
 _MILLION = Decimal(1_000_000)
 _DATE_SUFFIX = re.compile(r"-\d{8}$")
+# claude-opus-5-5, claude-3-5-haiku, claude-3-opus: the family is the first all-letter part after the version.
+_FAMILY = re.compile(r"^claude-(?:\d+(?:-\d+)?-)?([a-z]+)")
 # Model strings can come from clients; past this many distinct ones the lookup cache starts over.
 _CACHE_LIMIT = 1024
 
 
 @dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """List prices for one model, in USD per million tokens."""
+class Rates:
+    """USD per million tokens, for one price tier of one model."""
 
-    model: str
     input: Decimal
     output: Decimal
-    cache_write: Decimal
+    cache_write: Decimal  # a 5-minute cache write
+    cache_write_1h: Decimal
     cache_read: Decimal
 
-    def cost(self, usage: Usage) -> float:
-        """USD for the tokens in `usage`; a count the upstream did not report counts as zero."""
-        # Decimal keeps sums of list prices like 0.30 and 3.75 exact until the one rounding to float.
-        total = (
-            (usage.input_tokens or 0) * self.input
-            + (usage.output_tokens or 0) * self.output
-            + (usage.cache_creation_input_tokens or 0) * self.cache_write
-            + (usage.cache_read_input_tokens or 0) * self.cache_read
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Everything that prices one model: its rates, a long-prompt tier, fast mode, server-tool fees."""
+
+    model: str
+    rates: Rates
+    source: str
+    web_search: Decimal = _DEFAULT_WEB_SEARCH  # USD per search request
+    long_prompt: Rates | None = None
+    long_prompt_above: int = 0  # the long-prompt rates apply when input + cache read + cache write exceed this
+    fast: Rates | None = None
+
+    def cost(self, usage: Usage) -> Decimal:
+        """USD for one response, as Claude Code computes it: cache writes split by TTL, the long-prompt tier chosen
+        per sampling iteration, x1.1 for US-only inference, and web searches at a flat fee."""
+        if usage.speed == "fast" and self.fast is not None:
+            tokens = _tokens_cost(self.fast, usage)
+        else:
+            tokens = sum((_tokens_cost(self._tier(part), part) for part in _iterations(usage)), Decimal(0))
+        if usage.inference_geo == "us":
+            tokens *= US_INFERENCE_PREMIUM
+        return tokens + (usage.web_search_requests or 0) * self.web_search
+
+    @property
+    def headline(self) -> tuple[Decimal, Decimal]:
+        """(output, input) list rates: what "the highest price" of a family compares."""
+        return (self.rates.output, self.rates.input)
+
+    def _tier(self, usage: Usage) -> Rates:
+        if self.long_prompt is not None:
+            prompt = (usage.input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+            if prompt + (usage.cache_creation_input_tokens or 0) > self.long_prompt_above:
+                return self.long_prompt
+        return self.rates
+
+
+def _tokens_cost(rates: Rates, usage: Usage) -> Decimal:
+    written = usage.cache_creation_input_tokens or 0
+    one_hour = min(max(usage.cache_creation_1h_input_tokens or 0, 0), written)
+    total = (
+        (usage.input_tokens or 0) * rates.input
+        + (usage.output_tokens or 0) * rates.output
+        + (usage.cache_read_input_tokens or 0) * rates.cache_read
+        + one_hour * rates.cache_write_1h
+        + (written - one_hour) * rates.cache_write
+    )
+    return total / _MILLION
+
+
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def _iterations(usage: Usage) -> list[Usage]:
+    """The parts priced one by one: the sampling iterations the usage lists when their counts add up to the
+    totals (each may fall in a different long-prompt tier), else the whole response."""
+    raw = [item for item in usage.iterations or () if isinstance(item, dict) and item.get("type") == "message"]
+    if not raw:
+        return [usage]
+    for name in _COUNTS:
+        values = [item.get(name, 0) for item in raw]
+        if not all(type(v) is int and v >= 0 for v in values) or sum(values) != (getattr(usage, name) or 0):
+            return [usage]
+    # One-hour cache writes the totals report but no iteration claims go to the earliest iterations with room.
+    spare = max(0, (usage.cache_creation_1h_input_tokens or 0) - sum(_one_hour(item) for item in raw))
+    parts = []
+    for item in raw:
+        written = item.get("cache_creation_input_tokens", 0)
+        one_hour = _one_hour(item)
+        five_minute = min(max(_split(item, "ephemeral_5m_input_tokens"), 0), written - one_hour)
+        extra = min(spare, written - five_minute - one_hour)
+        spare -= extra
+        parts.append(
+            Usage(
+                input_tokens=item.get("input_tokens", 0),
+                output_tokens=item.get("output_tokens", 0),
+                cache_read_input_tokens=item.get("cache_read_input_tokens", 0),
+                cache_creation_input_tokens=written,
+                cache_creation_1h_input_tokens=one_hour + extra,
+            )
         )
-        return float(total / _MILLION)
+    return parts
+
+
+def _split(item: dict[str, Any], name: str) -> int:
+    creation = item.get("cache_creation")
+    value = creation.get(name) if isinstance(creation, dict) else None
+    return value if type(value) is int else 0
+
+
+def _one_hour(item: dict[str, Any]) -> int:
+    written: int = item.get("cache_creation_input_tokens", 0)
+    return min(max(_split(item, "ephemeral_1h_input_tokens"), 0), written)
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A response's cost and how it was found, for the audit row."""
+
+    cost_usd: float
+    priced_as: str
+    rule: str
+    source: str
+
+
+def family(model: str) -> str | None:
+    """`opus` for claude-opus-5-5 and claude-3-opus; None for a string that is not a Claude model id."""
+    match = _FAMILY.match(model)
+    return match.group(1) if match else None
+
+
+def canonical(model: str) -> str:
+    """A model string as upstreams report it, reduced to the id prices are kept under."""
+    candidate = model.strip().lower()
+    # Vertex AI: `publishers/anthropic/models/claude-sonnet-4-5@20250929`; the version follows the `@`.
+    candidate = candidate.rpartition("/")[2].partition("@")[0]
+    # Anthropic: dated snapshots `claude-sonnet-4-5-20250929`, `-latest` aliases, Claude Code's `[1m]` suffix.
+    return _DATE_SUFFIX.sub("", candidate.removesuffix("[1m]").removesuffix("-latest"))
+
+
+class PriceTable:
+    """Model prices in layers (operator file, gap table, genai-prices), with lookups cached."""
+
+    def __init__(self, layers: list[dict[str, ModelPrice]], library: _Library | None = None) -> None:
+        self._layers = layers
+        self._library = library
+        self.sources = [*dict.fromkeys(p.source for layer in layers for p in layer.values())]
+        if library is not None:
+            self.sources.append(library.source)
+        known = [p for layer in layers for p in layer.values()] + (library.all_models() if library else [])
+        if not known:
+            raise ValueError("no model has a price")
+        self._family_max: dict[str, ModelPrice] = {}
+        for price in known:
+            name = family(price.model)
+            if name and (name not in self._family_max or price.headline > self._family_max[name].headline):
+                self._family_max[name] = price
+        self._overall_max = max(known, key=lambda price: price.headline)
+        self._cache: dict[str | None, tuple[ModelPrice, str]] = {}
+        self._warned: set[str] = set()
+        self.fallback_requests = 0
+
+    @classmethod
+    def load(cls, path: str | None = None) -> PriceTable:
+        """The operator's file (if any) over the packaged gap table over genai-prices; a bad file raises
+        ValueError naming the file and the field."""
+        layers = [read_price_file(path)] if path is not None else []
+        layers.append(read_price_file(None))
+        return cls(layers, _Library())
+
+    def price_for(self, model: str | None) -> tuple[ModelPrice, str]:
+        """The prices that apply to a model string and the rule that chose them (`list` or a fallback)."""
+        try:
+            return self._cache[model]
+        except KeyError:
+            pass
+        found = self._find(model)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[model] = found
+        return found
+
+    def cost(self, model: str | None, usage: Usage) -> Priced:
+        """USD for one response, never None: an unknown model is charged by the fallback rule, and logged once."""
+        price, rule = self.price_for(model)
+        if rule != RULE_LIST:
+            self.fallback_requests += 1
+            key = model or ""
+            if key not in self._warned and len(self._warned) < _CACHE_LIMIT:
+                self._warned.add(key)
+                logger.warning(
+                    "pricing: no price for model %r; charging %s's list price (%s) until a price is known",
+                    key[:100], price.model, rule,
+                )
+        return Priced(float(price.cost(usage)), price.model, rule, price.source)
+
+    def prometheus_text(self) -> str:
+        """The fallback counter for `GET /metrics` (model names stay in the log: clients choose them)."""
+        metric = "gateway_price_fallback_requests_total"
+        return (
+            f"# HELP {metric} Responses charged by the fallback rule because their model had no known price.\n"
+            f"# TYPE {metric} counter\n{metric} {self.fallback_requests}\n"
+        )
+
+    def _find(self, model: str | None) -> tuple[ModelPrice, str]:
+        if model:
+            for candidate in dict.fromkeys((model.strip().lower(), canonical(model))):
+                for layer in self._layers:
+                    if candidate in layer:
+                        return layer[candidate], RULE_LIST
+                found = self._library.find(candidate) if self._library else None
+                if found is not None:
+                    return found, RULE_LIST
+            name = family(canonical(model))
+            if name in self._family_max:
+                return self._family_max[name], RULE_FAMILY_MAX
+        return self._overall_max, RULE_OVERALL_MAX
+
+
+class _Library:
+    """genai-prices' Anthropic data, read into our price shape."""
+
+    def __init__(self) -> None:
+        from genai_prices import data
+
+        self.source = f"genai-prices {metadata.version('genai-prices')}"
+        self._provider = next(provider for provider in data.providers if provider.id == "anthropic")
+        self._now = datetime.now(UTC)
+        self._cache: dict[str, ModelPrice | None] = {}
+
+    def find(self, model: str) -> ModelPrice | None:
+        if model not in self._cache:
+            found = self._provider.find_model(model)
+            self._cache[model] = None if found is None else self._convert(found)
+        return self._cache[model]
+
+    def all_models(self) -> list[ModelPrice]:
+        return [price for model in self._provider.models if (price := self._convert(model)) is not None]
+
+    def _convert(self, model: Any) -> ModelPrice | None:
+        from genai_prices.types import TieredPrices
+
+        prices = model.get_prices(self._now)
+        fields = (prices.input_mtok, prices.output_mtok, prices.cache_write_mtok, prices.cache_read_mtok)
+        if any(value is None for value in fields):
+            return None
+
+        def base(value: Any) -> Decimal:
+            return Decimal(value.base if isinstance(value, TieredPrices) else value)
+
+        def tier(value: Any) -> tuple[int, Decimal] | None:
+            return (value.tiers[0].start, Decimal(value.tiers[0].price)) if isinstance(value, TieredPrices) else None
+
+        names = ("input_mtok", "output_mtok", "cache_write_mtok", "cache_write_1h_mtok", "cache_read_mtok")
+        values = [getattr(prices, name) for name in names]
+        if values[3] is None:
+            values[3] = base(values[0]) * _ONE_HOUR_WRITE_PER_INPUT
+        rates = Rates(*(base(value) for value in values))
+        long_prompt, above = None, 0
+        tiers = [tier(value) for value in values]
+        if all(t is not None for t in tiers):
+            above = tiers[0][0]  # type: ignore[index]
+            long_prompt = Rates(*(t[1] for t in tiers))  # type: ignore[index]
+        fast = None
+        for variant in model.price_variants or ():
+            active = variant.constraint is None or variant.constraint.active(self._now)
+            if variant.when == {"speed": "fast"} and active:
+                fast = Rates(*(base(getattr(variant.prices, name)) for name in names))
+        web = prices.web_searches_kcount
+        return ModelPrice(
+            model=model.id,
+            rates=rates,
+            source=self.source,
+            web_search=_DEFAULT_WEB_SEARCH if web is None else Decimal(web) / 1000,
+            long_prompt=long_prompt,
+            long_prompt_above=above,
+            fast=fast,
+        )
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a price")
 
 
-class PriceTable:
-    """Model prices by id, with the lookup from an upstream's model string cached."""
+def read_price_file(path: str | None) -> dict[str, ModelPrice]:
+    """A price file (GATEWAY_PRICING_FILE's form), or the packaged gap table, by lower-cased model id and alias."""
+    name = PACKAGED if path is None else path
+    try:
+        if path is None:
+            text = resources.files("gateway").joinpath("data").joinpath("pricing.json").read_text("utf-8")
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"pricing file {name}: cannot be read: {exc}") from exc
+    try:
+        data = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise ValueError(f"pricing file {name}: not valid JSON: {exc}") from exc
+    try:
+        return _from_data(data, "packaged gap table" if path is None else f"pricing file {path}")
+    except ValueError as exc:
+        raise ValueError(f"pricing file {name}: {exc}") from exc
 
-    def __init__(
-        self, prices: list[ModelPrice], aliases: dict[str, str] | None = None, *, source: str = "", as_of: str = ""
-    ) -> None:
-        self.source = source
-        self.as_of = as_of
-        self._by_id: dict[str, ModelPrice] = {price.model.lower(): price for price in prices}
-        for alias, model in (aliases or {}).items():
-            self._by_id[alias.lower()] = self._by_id[model.lower()]
-        self._cache: dict[str | None, ModelPrice | None] = {}
 
-    @property
-    def models(self) -> list[str]:
-        """The canonical model ids priced, without aliases."""
-        return sorted({price.model for price in self._by_id.values()})
+def _from_data(data: object, origin: str) -> dict[str, ModelPrice]:
+    if not isinstance(data, dict):
+        raise ValueError("the top level must be a JSON object")
+    if data.get("unit") != UNIT:
+        raise ValueError(f'"unit" must be "{UNIT}", got {data.get("unit")!r}')
+    if data.get("currency", "USD") != "USD":
+        raise ValueError(f'"currency" must be "USD", got {data.get("currency")!r}')
+    as_of = data.get("as_of", "")
+    if not isinstance(data.get("source", ""), str) or not isinstance(as_of, str):
+        raise ValueError('"source" and "as_of" must be strings')
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ValueError('"models" must be a non-empty object of model id to prices')
+    source = f"{origin} {as_of}".strip()
+    by_id: dict[str, ModelPrice] = {}
+    for model, entry in models.items():
+        where = f"models.{model}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be an object with {', '.join(_REQUIRED_FIELDS)}")
+        _check_keys(entry, _MODEL_KEYS, where)
+        rates = _rates(entry, where)
+        long_prompt, above = None, 0
+        if "long_prompt" in entry:
+            tier = entry["long_prompt"]
+            if not isinstance(tier, dict):
+                raise ValueError(f"{where}.long_prompt must be an object")
+            _check_keys(tier, _TIER_KEYS, f"{where}.long_prompt")
+            above_value = tier.get("above_prompt_tokens")
+            if not isinstance(above_value, Decimal) or above_value != above_value.to_integral() or above_value < 0:
+                raise ValueError(f"{where}.long_prompt.above_prompt_tokens must be a whole number of tokens")
+            long_prompt, above = _rates(tier, f"{where}.long_prompt"), int(above_value)
+        fast = None
+        if "fast" in entry:
+            if not isinstance(entry["fast"], dict):
+                raise ValueError(f"{where}.fast must be an object")
+            _check_keys(entry["fast"], frozenset(_RATE_FIELDS), f"{where}.fast")
+            fast = _rates(entry["fast"], f"{where}.fast")
+        web_search = _number(entry, "web_search", where) if "web_search" in entry else _DEFAULT_WEB_SEARCH
+        price = ModelPrice(str(model), rates, source, web_search, long_prompt, above, fast)
+        names = entry.get("aliases", [])
+        if not isinstance(names, list) or not all(isinstance(alias, str) for alias in names):
+            raise ValueError(f"{where}.aliases must be a list of model ids")
+        for id_ in (model, *names):
+            if id_.lower() in by_id:
+                raise ValueError(f"model id {id_} appears more than once")
+            by_id[id_.lower()] = price
+    return by_id
 
-    @classmethod
-    def load(cls, path: str | None = None) -> PriceTable:
-        """Read a pricing file, or the packaged default; a bad file raises ValueError naming it and why."""
-        name = PACKAGED if path is None else path
-        try:
-            if path is None:
-                text = resources.files("gateway").joinpath("data").joinpath("pricing.json").read_text("utf-8")
-            else:
-                with open(path, encoding="utf-8") as file:
-                    text = file.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"pricing file {name}: cannot be read: {exc}") from exc
-        try:
-            data = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant)
-        except ValueError as exc:
-            raise ValueError(f"pricing file {name}: not valid JSON: {exc}") from exc
-        try:
-            return cls._from_data(data)
-        except ValueError as exc:
-            raise ValueError(f"pricing file {name}: {exc}") from exc
 
-    @classmethod
-    def _from_data(cls, data: object) -> PriceTable:
-        if not isinstance(data, dict):
-            raise ValueError("the top level must be a JSON object")
-        if data.get("unit") != UNIT:
-            raise ValueError(f'"unit" must be "{UNIT}", got {data.get("unit")!r}')
-        if data.get("currency", "USD") != "USD":
-            raise ValueError(f'"currency" must be "USD", got {data.get("currency")!r}')
-        source, as_of = data.get("source", ""), data.get("as_of", "")
-        if not isinstance(source, str) or not isinstance(as_of, str):
-            raise ValueError('"source" and "as_of" must be strings')
-        models = data.get("models")
-        if not isinstance(models, dict) or not models:
-            raise ValueError('"models" must be a non-empty object of model id to prices')
+def _check_keys(entry: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}")
+    missing = [field for field in _REQUIRED_FIELDS if field not in entry]
+    if missing:
+        raise ValueError(f"{where} is missing {', '.join(missing)}")
 
-        prices: list[ModelPrice] = []
-        aliases: dict[str, str] = {}
-        seen: set[str] = set()
-        for model, entry in models.items():
-            where = f"models.{model}"
-            if not isinstance(entry, dict):
-                raise ValueError(f"{where} must be an object with {', '.join(_PRICE_FIELDS)}")
-            unknown = sorted(set(entry) - _MODEL_KEYS)
-            if unknown:
-                raise ValueError(f"{where} has unknown field(s) {', '.join(unknown)}")
-            missing = [field for field in _PRICE_FIELDS if field not in entry]
-            if missing:
-                raise ValueError(f"{where} is missing {', '.join(missing)}")
-            values: list[Decimal] = []
-            for field in _PRICE_FIELDS:
-                value = entry[field]
-                if not isinstance(value, Decimal) or not value.is_finite():
-                    raise ValueError(f"{where}.{field} must be a number, got {value!r}")
-                if value < 0:
-                    raise ValueError(f"{where}.{field} must not be negative, got {value}")
-                values.append(value)
-            names = entry.get("aliases", [])
-            if not isinstance(names, list) or not all(isinstance(alias, str) for alias in names):
-                raise ValueError(f"{where}.aliases must be a list of model ids")
-            for id_ in (model, *names):
-                if id_.lower() in seen:
-                    raise ValueError(f"model id {id_} appears more than once")
-                seen.add(id_.lower())
-            aliases.update((alias, model) for alias in names)
-            prices.append(ModelPrice(model, *values))
-        return cls(prices, aliases, source=source, as_of=as_of)
 
-    def price_for(self, model: str | None) -> ModelPrice | None:
-        """The prices for a model string as an upstream reports it, or None when not in the table."""
-        try:
-            return self._cache[model]
-        except KeyError:
-            pass
-        price = self._match(model) if model else None
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[model] = price
-        return price
+def _number(entry: dict[str, Any], field: str, where: str) -> Decimal:
+    value = entry[field]
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError(f"{where}.{field} must be a number, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{where}.{field} must not be negative, got {value}")
+    return value
 
-    def cost(self, model: str | None, usage: Usage) -> float | None:
-        """USD for one response; None when the model is not priced."""
-        price = self.price_for(model)
-        return None if price is None else price.cost(usage)
 
-    def _match(self, model: str) -> ModelPrice | None:
-        by_id = self._by_id
-        candidate = model.strip().lower()
-        if candidate in by_id:
-            return by_id[candidate]
-        # Vertex AI: `publishers/anthropic/models/claude-sonnet-4-5@20250929`; the version follows the `@`.
-        candidate = candidate.rpartition("/")[2].partition("@")[0]
-        if candidate in by_id:
-            return by_id[candidate]
-        # Anthropic: dated snapshots `claude-sonnet-4-5-20250929` and aliases `claude-3-5-haiku-latest`.
-        return by_id.get(_DATE_SUFFIX.sub("", candidate.removesuffix("-latest")))
+def _rates(entry: dict[str, Any], where: str) -> Rates:
+    values = {field: _number(entry, field, where) for field in _REQUIRED_FIELDS}
+    one_hour = (
+        _number(entry, "cache_write_1h", where)
+        if "cache_write_1h" in entry
+        else values["input"] * _ONE_HOUR_WRITE_PER_INPUT
+    )
+    return Rates(values["input"], values["output"], values["cache_write"], one_hour, values["cache_read"])

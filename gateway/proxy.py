@@ -20,6 +20,7 @@ from gateway.headers import canonical, client_response_headers, upstream_request
 from gateway.identity import IAP_ASSERTION_HEADER, DomainNotAllowed
 from gateway.metering import JSONMeter, SSEMeter, Usage
 from gateway.policy import Admission, PolicyRefusal, RequestFacts
+from gateway.pricing import PriceTable
 from gateway.upstreams import UpstreamCall, UpstreamUnavailable
 from gateway.upstreams.models import models_listing
 from gateway.upstreams.transport import UpstreamResponse, UpstreamTimeout, UpstreamTransportError
@@ -183,7 +184,7 @@ class GatewayEndpoint:
             else:
                 usage = await self._relay(gateway, call, receive, response, record)
         finally:
-            record.cost_usd = gateway.prices.cost(usage.model or parsed.model, usage)
+            _note_cost(record, gateway.prices, usage, parsed.model)
             await _settle(gateway, facts, admission, usage, record.cost_usd)
 
     async def _relay(
@@ -419,6 +420,16 @@ def _note_error(record: AuditRecord, status: int, outcome: str, error_type: str 
     record.error_message = message
 
 
+def _note_cost(record: AuditRecord, prices: PriceTable, usage: Usage, requested: str | None) -> None:
+    """Price a Messages response; anything else the upstream answers (count_tokens, models, errors) is free."""
+    if usage.message_id is None and usage.output_tokens is None:
+        record.cost_usd = 0.0
+        return
+    priced = prices.cost(usage.model or requested, usage)
+    record.cost_usd = priced.cost_usd
+    record.priced_as, record.price_rule, record.price_source = priced.priced_as, priced.rule, priced.source
+
+
 def _note_usage(record: AuditRecord, usage: Usage) -> None:
     record.served_model = usage.model
     record.message_id = usage.message_id
@@ -427,6 +438,10 @@ def _note_usage(record: AuditRecord, usage: Usage) -> None:
     record.output_tokens = usage.output_tokens
     record.cache_creation_input_tokens = usage.cache_creation_input_tokens
     record.cache_read_input_tokens = usage.cache_read_input_tokens
+    record.cache_creation_1h_input_tokens = usage.cache_creation_1h_input_tokens
+    record.web_search_requests = usage.web_search_requests
+    record.inference_geo = usage.inference_geo
+    record.speed = usage.speed
 
 
 def _log_access(record: AuditRecord, project: str | None) -> None:

@@ -55,6 +55,13 @@ class AuditRecord:
     capture_level: str | None = None
     capture_error: str | None = None
     redaction_count: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+    web_search_requests: int | None = None
+    inference_geo: str | None = None
+    speed: str | None = None
+    priced_as: str | None = None
+    price_rule: str | None = None
+    price_source: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         """A JSON-ready row: RFC 3339 UTC timestamp, free text truncated to documented limits."""

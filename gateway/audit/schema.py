@@ -53,7 +53,12 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("output_tokens", "INT64", "Output tokens (cumulative, as last reported)."),
     Column("cache_creation_input_tokens", "INT64", "Input tokens written to the prompt cache."),
     Column("cache_read_input_tokens", "INT64", "Input tokens read from the prompt cache."),
-    Column("cost_usd", "FLOAT64", "Estimated cost in USD from the pricing table; null for unknown models."),
+    Column(
+        "cost_usd",
+        "FLOAT64",
+        "Cost in USD at list prices, computed as Anthropic bills it (price_source and price_rule say how); 0 for "
+        "answers that are not billed (count_tokens, model lists); null for refused requests.",
+    ),
     Column("request_bytes", "INT64", "Request body size in bytes."),
     Column("response_bytes", "INT64", "Response body bytes sent to the client."),
     Column("trace_id", "STRING", "Cloud Trace id from X-Cloud-Trace-Context."),
@@ -64,6 +69,18 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     ),
     Column("capture_error", "STRING", "Why prompt capture failed or is incomplete; null when it worked or was off."),
     Column("redaction_count", "INT64", "Secrets redacted from the captured content (0 when nothing was found)."),
+    Column("cache_creation_1h_input_tokens", "INT64", "Of the cache write tokens, those with a 1-hour TTL."),
+    Column("web_search_requests", "INT64", "Server-side web searches the request ran (usage.server_tool_use)."),
+    Column("inference_geo", "STRING", "Where the upstream ran inference (usage.inference_geo); `us` costs 1.1x."),
+    Column("speed", "STRING", "`fast` when fast mode served the request (its own prices); else standard or null."),
+    Column("priced_as", "STRING", "Model id whose prices costed the row (differs from served_model on a fallback)."),
+    Column(
+        "price_rule",
+        "STRING",
+        "list (the model's own price), family_max or overall_max (no price known: the highest list price of its "
+        "family, or of any model, was charged).",
+    ),
+    Column("price_source", "STRING", "Price data that costed the row, with its version, e.g. genai-prices 0.2.3."),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in AUDIT_COLUMNS)
