@@ -166,7 +166,7 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
     """One streamed request through the whole stack, printed as it arrives, then its audit row."""
     from gateway.audit import query
 
-    model = "claude-haiku-4-5"
+    model = "claude-haiku-5-5"
     request = {
         "model": model,
         "max_tokens": 64,

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 
 MODELS = [
-    ("claude-opus-4-5-20251101", "Claude Opus 4.5"),
-    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5"),
-    ("claude-haiku-4-5-20251001", "Claude Haiku 4.5"),
+    ("claude-opus-5-5", "Claude Opus 5.5"),
+    ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
+    ("claude-haiku-5-5", "Claude Haiku 5.5"),
 ]
 
 
@@ -82,11 +82,16 @@ class MockAnthropic:
             "content": [{"type": "text", "text": "".join(words)}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
+            # Shaped as today's API reports usage: cache writes split by TTL, server tools, tier and region.
             "usage": {
                 "input_tokens": input_tokens,
                 "cache_creation_input_tokens": 0,
                 "cache_read_input_tokens": self.cache_read_tokens,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
                 "output_tokens": len(words),
+                "server_tool_use": {"web_search_requests": 0},
+                "service_tier": "standard",
+                "inference_geo": "global",
             },
         }
 

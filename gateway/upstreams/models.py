@@ -24,7 +24,7 @@ class ModelEntry:
     """One model the gateway offers."""
 
     id: str
-    vertex_id: str
+    vertex_id: str | None  # None: not offered on Vertex AI
     display_name: str
     created_at: str
 
@@ -38,12 +38,13 @@ class ModelTable:
 
     def __init__(self, entries: Iterable[ModelEntry], *, source: str = "") -> None:
         self.source = source
-        # Newest first, as Anthropic lists them.
-        self.entries = sorted(entries, key=lambda e: (e.created_at, e.id), reverse=True)
-        self._to_vertex = {e.id: e.vertex_id for e in self.entries}
+        # In the table's own order: newest model first, as Anthropic lists them (undated ids carry no date to sort).
+        self.entries = list(entries)
+        self._to_vertex = {e.id: e.vertex_id for e in self.entries if e.vertex_id is not None}
         self._to_anthropic: dict[str, str] = {}
         for entry in self.entries:
-            self._to_anthropic.setdefault(entry.vertex_id, entry.id)
+            if entry.vertex_id is not None:
+                self._to_anthropic.setdefault(entry.vertex_id, entry.id)
 
     @property
     def ids(self) -> list[str]:
@@ -106,9 +107,11 @@ def _entries(table: Mapping[str, Any], origin: str) -> list[ModelEntry]:
         unknown = set(value) - {"vertex_id", "display_name", "created_at"}
         if unknown:
             raise ValueError(f"{origin}: entry {model!r} has unknown keys {sorted(unknown)}")
-        vertex_id = value.get("vertex_id")
-        if not isinstance(vertex_id, str) or not vertex_id:
-            raise ValueError(f"{origin}: entry {model!r} has no vertex_id")
+        if "vertex_id" not in value:
+            raise ValueError(f"{origin}: entry {model!r} has no vertex_id (null if it is not on Vertex AI)")
+        vertex_id = value["vertex_id"]
+        if vertex_id is not None and (not isinstance(vertex_id, str) or not vertex_id):
+            raise ValueError(f"{origin}: entry {model!r}: vertex_id must be a Vertex model id, or null")
         display_name = value.get("display_name") or packaged.get(model) or model
         created_at = value.get("created_at") or _created_at(vertex_id, model)
         if not isinstance(display_name, str) or not isinstance(created_at, str):
@@ -117,9 +120,9 @@ def _entries(table: Mapping[str, Any], origin: str) -> list[ModelEntry]:
     return entries
 
 
-def _created_at(vertex_id: str, model: str) -> str:
+def _created_at(vertex_id: str | None, model: str) -> str:
     """The release date carried in the model's name (`@20250929`, `-20250929`), as Anthropic formats it."""
-    found = _VERTEX_DATE.search(vertex_id) or _DATED.match(model)
+    found = (vertex_id and _VERTEX_DATE.search(vertex_id)) or _DATED.match(model)
     if not found:
         return _EPOCH
     date = found["date"]

@@ -46,7 +46,7 @@ def test_sdk_streaming_through_gateway_is_audited_with_user_model_and_tokens(sdk
     client = client_for(sdk_stack)
 
     with client.messages.stream(
-        model="claude-opus-4-5-20251101",
+        model="claude-opus-5-5",
         max_tokens=100,
         messages=[{"role": "user", "content": "ping through the gateway"}],
         extra_headers={"x-claude-code-session-id": "session-e2e"},
@@ -58,7 +58,7 @@ def test_sdk_streaming_through_gateway_is_audited_with_user_model_and_tokens(sdk
     assert final.usage.output_tokens == 20
     row = sdk_stack.rows(1)[0]
     assert row["user_email"] == "grace@example.com"
-    assert row["served_model"] == "claude-opus-4-5-20251101"
+    assert row["served_model"] == "claude-opus-5-5"
     assert row["output_tokens"] == 20
     assert row["input_tokens"] == final.usage.input_tokens
     assert row["cache_read_input_tokens"] == 300

@@ -31,7 +31,7 @@ from tests.support.servers import serve
 pytestmark = pytest.mark.slow
 
 IAP_AUDIENCE = "/projects/123456789/locations/europe-west1/services/claude-gateway"
-MODEL = "claude-opus-4-5-20251101"
+MODEL = "claude-opus-5-5"
 SECRET = "e2e-local-secret"
 
 

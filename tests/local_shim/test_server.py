@@ -84,7 +84,7 @@ def sdk(base_url: str, secret: str = SECRET) -> anthropic.Anthropic:
 def test_sdk_streams_through_the_shim_with_the_persons_id_token(stack: Stack, google_key: GoogleKey) -> None:
     with stack.shim() as shim_url:
         with sdk(shim_url).beta.messages.stream(
-            model="claude-opus-4-5-20251101",
+            model="claude-opus-5-5",
             max_tokens=64,
             messages=[{"role": "user", "content": "hi"}],
             betas=["claude-code-20250219"],
@@ -162,7 +162,7 @@ def test_request_without_the_local_secret_is_refused_with_a_fix(stack: Stack, he
 def test_sdk_with_wrong_secret_sees_the_reason(stack: Stack) -> None:
     with stack.shim() as shim_url, pytest.raises(anthropic.AuthenticationError, match="local secret"):
         sdk(shim_url, secret="not-it").messages.create(
-            model="claude-opus-4-5-20251101", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            model="claude-opus-5-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
 
 
@@ -216,7 +216,7 @@ def test_iap_401_refreshes_the_token_and_retries_once(stack: Stack) -> None:
 
     with stack.shim() as shim_url:
         with sdk(shim_url).messages.stream(
-            model="claude-opus-4-5-20251101", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            model="claude-opus-5-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
         ) as stream:
             text = "".join(stream.text_stream)
 
@@ -246,7 +246,7 @@ def test_iap_403_says_who_was_denied_and_what_to_ask_for(stack: Stack) -> None:
 
     with stack.shim() as shim_url, pytest.raises(anthropic.PermissionDeniedError) as caught:
         sdk(shim_url).messages.create(
-            model="claude-opus-4-5-20251101", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            model="claude-opus-5-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
 
     assert "IAP denied ada@example.com" in str(caught.value)
@@ -283,7 +283,7 @@ def test_not_signed_in_tells_claude_code_to_log_in(stack: Stack, config_dir: Pat
 
     with stack.shim() as shim_url, pytest.raises(anthropic.AuthenticationError) as caught:
         sdk(shim_url).messages.create(
-            model="claude-opus-4-5-20251101", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            model="claude-opus-5-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
         )
 
     assert caught.value.body == {
