@@ -173,8 +173,8 @@ moved {
 # ---------------------------------------------------------------------------------------------------------------------
 # Captured prompts and responses (policy `capture: metadata+` or `full`). A dataset of their own, so that no grant
 # on the audit dataset, nor the security views authorised on it, reaches them; partitions expire after
-# content_retention_days; content_reader_groups read this dataset (which holds the content table only) and nothing
-# else. Seeing content takes a grant of its own, apart from seeing usage.
+# content_retention_days; content_reader_groups read this one table and nothing else. Seeing content takes a grant
+# of its own, apart from seeing usage.
 # ---------------------------------------------------------------------------------------------------------------------
 
 resource "google_bigquery_dataset" "content" {
@@ -185,17 +185,11 @@ resource "google_bigquery_dataset" "content" {
   location                   = local.bigquery_location
   delete_contents_on_destroy = false
 
+  # Nobody but the project's Owners at dataset level: the gateway and content_reader_groups hold grants on the
+  # content table itself (below).
   access {
     role          = local.dataset_owners.role
     special_group = local.dataset_owners.special_group
-  }
-
-  dynamic "access" {
-    for_each = toset(var.content_reader_groups)
-    content {
-      role           = "READER"
-      group_by_email = access.value
-    }
   }
 
   depends_on = [google_project_service.enabled]
@@ -228,4 +222,14 @@ resource "google_bigquery_table_iam_member" "gateway_writes_content" {
   table_id   = google_bigquery_table.content.table_id
   role       = "roles/bigquery.dataEditor"
   member     = google_service_account.gateway.member
+}
+
+resource "google_bigquery_table_iam_member" "content_readers" {
+  for_each = toset(var.content_reader_groups)
+
+  project    = var.project_id
+  dataset_id = google_bigquery_table.content.dataset_id
+  table_id   = google_bigquery_table.content.table_id
+  role       = "roles/bigquery.dataViewer"
+  member     = "group:${each.value}"
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.deploy.conftest import REQUIRED_VARIABLES
@@ -50,6 +51,7 @@ def _grants_by_dataset(plan: Plan) -> dict[str, set[str]]:
 def test_every_dataset_grants_exactly_the_intended_accounts(plan: Plan) -> None:
     variables = plan.variables
     dataset = variables["bigquery_dataset_id"]
+    content_readers = variables["content_reader_groups"]
     owners = "OWNER special_group:projectOwners"
     assert _grants_by_dataset(plan) == {
         dataset: {
@@ -62,7 +64,7 @@ def test_every_dataset_grants_exactly_the_intended_accounts(plan: Plan) -> None:
             owners,
             f"roles/bigquery.dataEditor on table {variables['content_table_id']} {GATEWAY}",
         }
-        | {f"READER group_by_email:{g}" for g in variables["content_reader_groups"]},
+        | {f"roles/bigquery.dataViewer on table {variables['content_table_id']} group:{g}" for g in content_readers},
     }
 
 
@@ -137,6 +139,25 @@ def test_no_project_wide_logging_or_vertex_role_for_the_gateway(plan: Plan) -> N
 
 
 # --- IAP and context-aware access -------------------------------------------------------------------------------------
+
+
+def test_no_public_principal_anywhere_in_the_plan(plan: Plan) -> None:
+    planned = json.dumps(plan.shown["planned_values"])
+    for public in ("allUsers", "allAuthenticatedUsers"):
+        assert public not in planned
+
+
+def test_iap_guards_the_service_and_only_its_agent_may_invoke_it(plan: Plan) -> None:
+    (service,) = plan.of_type("google_cloud_run_v2_service").values()
+    assert service["iap_enabled"] is True and service["invoker_iam_disabled"] is False
+    invokers = plan.of_type("google_cloud_run_v2_service_iam_member").values()
+    assert {(values["role"], values["member"]) for values in invokers if values["role"] == "roles/run.invoker"} == {
+        ("roles/run.invoker", "serviceAccount:service-123456789012@gcp-sa-iap.iam.gserviceaccount.com")
+    }  # 123456789012: the stand-in provider's project number
+    (settings,) = plan.of_type("google_iap_settings").values()
+    (access,) = settings["access_settings"]
+    (oauth,) = access["oauth_settings"]
+    assert oauth["programmatic_clients"] == [plan.variables["oauth_desktop_client_id"]]
 
 
 def _accessor_bindings(plan: Plan) -> dict[str, dict[str, Any]]:
