@@ -9,10 +9,11 @@ locals {
 # Who may reach which dataset. Every dataset has an explicit `access` list: without one, BigQuery adds its defaults
 # (project Viewers read, Editors write, the creator owns), which would let every Viewer read raw audit rows and
 # captured prompts. Each list holds the project's Owners as OWNER (they can grant themselves anything in the project
-# anyway; the entry keeps the list from ever being empty, which would bring those defaults back) and the readers
-# named for that dataset; nobody else. The gateway's account writes through grants on its two tables (below), which
-# is narrower than any dataset role. These lists are authoritative: no google_bigquery_dataset_access or dataset
-# IAM resource may be added beside them (they would fight over the same list).
+# anyway; the entry keeps the list from ever being empty, which would bring those defaults back), the security
+# readers on the views dataset, and the views dataset authorised on the audit dataset; nobody else. The gateway's
+# account and the content readers hold grants on their tables only (below), narrower than any dataset role. These
+# lists are authoritative: no google_bigquery_dataset_access or dataset IAM resource may be added beside them (they
+# would fight over the same list).
 # ---------------------------------------------------------------------------------------------------------------------
 
 locals {

@@ -6,6 +6,7 @@ values that do not interact; each case then looks for its message among that pla
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,3 +152,10 @@ def test_the_values_next_to_each_limit_are_accepted(planner: Planner) -> None:
         }
     )
     assert plan.ok, "\n".join(plan.errors)
+
+
+def test_a_views_folder_without_sql_files_stops_the_plan(planner: Planner, tmp_path: Path) -> None:
+    """A copy of terraform/ away from the repository would otherwise plan no security views, silently."""
+    plan = planner.plan({**REQUIRED_VARIABLES, "security_views_dir": str(tmp_path)})
+    assert not plan.ok
+    assert any(f"No *.sql file in {tmp_path}" in error for error in plan.errors), plan.errors
