@@ -1,7 +1,8 @@
 locals {
   bigquery_location = coalesce(var.bigquery_location, var.region)
-  views_dir         = coalesce(var.security_views_dir, "${path.module}/../gateway/audit/views")
-  view_files        = fileset(local.views_dir, "*.sql")
+  # The security views' .sql files: the repository's, beside terraform/, unless var.security_views_dir names others.
+  views_dir         = "${path.module}/../gateway/audit/views"
+  view_sources      = coalesce(var.security_views_dir, local.views_dir)
   partition_days_ms = 24 * 60 * 60 * 1000
 }
 
@@ -115,8 +116,8 @@ resource "google_bigquery_dataset" "security" {
   lifecycle {
     precondition {
       # A copy of terraform/ without the repository beside it would silently plan no views at all.
-      condition     = length(local.view_files) > 0
-      error_message = "No *.sql file in ${local.views_dir}: run Terraform from terraform/ inside a checkout of the repository, or set security_views_dir."
+      condition     = length(fileset(local.view_sources, "*.sql")) > 0
+      error_message = "No *.sql file in ${local.view_sources}: run Terraform from terraform/ inside a checkout of the repository, or set security_views_dir."
     }
   }
 
@@ -126,7 +127,7 @@ resource "google_bigquery_dataset" "security" {
 resource "google_bigquery_table" "security_views" {
   #checkov:skip=CKV_GCP_80:A view stores no data to encrypt.
   #checkov:skip=CKV_GCP_121:A view holds no data and is rebuilt from its .sql file; deletion protection would block renaming a file.
-  for_each = local.view_files
+  for_each = fileset(local.view_sources, "*.sql")
 
   dataset_id          = google_bigquery_dataset.security.dataset_id
   table_id            = trimsuffix(each.value, ".sql")
@@ -135,7 +136,7 @@ resource "google_bigquery_table" "security_views" {
 
   view {
     # Each file is a SELECT in which {audit_table} stands for the fully qualified, backquoted audit table.
-    query          = replace(file("${local.views_dir}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`")
+    query          = replace(file("${local.view_sources}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`")
     use_legacy_sql = false
   }
 }
