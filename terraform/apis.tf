@@ -15,6 +15,8 @@ locals {
     ],
     local.use_vertex ? ["aiplatform.googleapis.com"] : [],
     var.redis_enabled ? ["compute.googleapis.com", "redis.googleapis.com"] : [],
+    # Access levels are created through this API, billed to this project.
+    length(var.access_level_ip_ranges) > 0 || var.access_level_device_policy != null ? ["accesscontextmanager.googleapis.com"] : [],
   ))
 }
 

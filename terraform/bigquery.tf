@@ -1,7 +1,24 @@
 locals {
   bigquery_location = coalesce(var.bigquery_location, var.region)
+  # The security views' .sql files: the repository's, beside terraform/, unless var.security_views_dir names others.
   views_dir         = "${path.module}/../gateway/audit/views"
+  view_sources      = coalesce(var.security_views_dir, local.views_dir)
   partition_days_ms = 24 * 60 * 60 * 1000
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Who may reach which dataset. Every dataset has an explicit `access` list: without one, BigQuery adds its defaults
+# (project Viewers read, Editors write, the creator owns), which would let every Viewer read raw audit rows and
+# captured prompts. Each list holds the project's Owners as OWNER (they can grant themselves anything in the project
+# anyway; the entry keeps the list from ever being empty, which would bring those defaults back), the security
+# readers on the views dataset, and the views dataset authorised on the audit dataset; nobody else. The gateway's
+# account and the content readers hold grants on their tables only (below), narrower than any dataset role. These
+# lists are authoritative: no google_bigquery_dataset_access or dataset IAM resource may be added beside them (they
+# would fight over the same list).
+# ---------------------------------------------------------------------------------------------------------------------
+
+locals {
+  dataset_owners = { role = "OWNER", special_group = "projectOwners" }
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -16,6 +33,23 @@ resource "google_bigquery_dataset" "audit" {
   description                = "Audit log of requests through ${var.name}: who, which model, tokens, cost, outcome."
   location                   = local.bigquery_location
   delete_contents_on_destroy = false
+
+  access {
+    role          = local.dataset_owners.role
+    special_group = local.dataset_owners.special_group
+  }
+
+  # The security views read the audit table on their readers' behalf: the views dataset is authorised here, so
+  # its views can read the table while their readers cannot query the table directly.
+  access {
+    dataset {
+      dataset {
+        project_id = var.project_id
+        dataset_id = google_bigquery_dataset.security.dataset_id
+      }
+      target_types = ["VIEWS"]
+    }
+  }
 
   depends_on = [google_project_service.enabled]
 }
@@ -52,8 +86,8 @@ resource "google_bigquery_table_iam_member" "gateway_writes_audit" {
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Security views: one view per gateway/audit/views/*.sql, in a dataset of their own that the security team can
-# read. The views dataset is authorised on the audit dataset, so the views can read the table while their readers
-# cannot query the table directly. A new .sql file becomes a view on the next apply, with no Terraform change.
+# read (and nobody else). The views dataset is authorised on the audit dataset (above). A new .sql file becomes a
+# view on the next apply, with no Terraform change.
 # ---------------------------------------------------------------------------------------------------------------------
 
 resource "google_bigquery_dataset" "security" {
@@ -64,13 +98,36 @@ resource "google_bigquery_dataset" "security" {
   location                   = local.bigquery_location
   delete_contents_on_destroy = false
 
+  access {
+    role          = local.dataset_owners.role
+    special_group = local.dataset_owners.special_group
+  }
+
+  dynamic "access" {
+    # READER is roles/bigquery.dataViewer in dataset-ACL terms; the API swaps the predefined name for it, which
+    # would leave a permanent diff.
+    for_each = toset(var.security_reader_groups)
+    content {
+      role           = "READER"
+      group_by_email = access.value
+    }
+  }
+
+  lifecycle {
+    precondition {
+      # A copy of terraform/ without the repository beside it would silently plan no views at all.
+      condition     = length(fileset(local.view_sources, "*.sql")) > 0
+      error_message = "No *.sql file in ${local.view_sources}: run Terraform from terraform/ inside a checkout of the repository, or set security_views_dir."
+    }
+  }
+
   depends_on = [google_project_service.enabled]
 }
 
 resource "google_bigquery_table" "security_views" {
   #checkov:skip=CKV_GCP_80:A view stores no data to encrypt.
   #checkov:skip=CKV_GCP_121:A view holds no data and is rebuilt from its .sql file; deletion protection would block renaming a file.
-  for_each = fileset(local.views_dir, "*.sql")
+  for_each = fileset(local.view_sources, "*.sql")
 
   dataset_id          = google_bigquery_dataset.security.dataset_id
   table_id            = trimsuffix(each.value, ".sql")
@@ -79,33 +136,25 @@ resource "google_bigquery_table" "security_views" {
 
   view {
     # Each file is a SELECT in which {audit_table} stands for the fully qualified, backquoted audit table.
-    query          = replace(file("${local.views_dir}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`")
+    query          = replace(file("${local.view_sources}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`")
     use_legacy_sql = false
   }
 }
 
-# Authorise the views dataset on the audit dataset: any view in it may read the audit table on its readers' behalf.
-# (dataset_access entries, not dataset IAM, on the audit dataset: dataset IAM resources can drop authorised views.)
-resource "google_bigquery_dataset_access" "security_views_read_audit" {
-  dataset_id = google_bigquery_dataset.audit.dataset_id
-
-  dataset {
-    dataset {
-      project_id = var.project_id
-      dataset_id = google_bigquery_dataset.security.dataset_id
-    }
-    target_types = ["VIEWS"]
+# These entries now live in the datasets' own access lists. Forget the old resources without deleting their
+# entries, which the access lists above hold as well.
+removed {
+  from = google_bigquery_dataset_access.security_views_read_audit
+  lifecycle {
+    destroy = false
   }
 }
 
-resource "google_bigquery_dataset_access" "security_readers" {
-  for_each = toset(var.security_reader_groups)
-
-  dataset_id = google_bigquery_dataset.security.dataset_id
-  # READER is roles/bigquery.dataViewer in dataset-ACL terms; the API swaps the predefined name for it, which
-  # would leave a permanent diff.
-  role           = "READER"
-  group_by_email = each.value
+removed {
+  from = google_bigquery_dataset_access.security_readers
+  lifecycle {
+    destroy = false
+  }
 }
 
 # Running a query is a job in some project; the security team and the content readers run theirs here. One grant
@@ -137,6 +186,13 @@ resource "google_bigquery_dataset" "content" {
   description                = "Prompts and responses captured by ${var.name} for audit (redacted), for the groups whose policy asks for it."
   location                   = local.bigquery_location
   delete_contents_on_destroy = false
+
+  # Nobody but the project's Owners at dataset level: the gateway and content_reader_groups hold grants on the
+  # content table itself (below).
+  access {
+    role          = local.dataset_owners.role
+    special_group = local.dataset_owners.special_group
+  }
 
   depends_on = [google_project_service.enabled]
 }

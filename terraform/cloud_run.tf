@@ -178,9 +178,12 @@ resource "google_cloud_run_v2_service" "gateway" {
   }
 
   lifecycle {
-    # Cloud Build deploys new images (cloudbuild.yaml); Terraform owns everything else about the service.
+    # Cloud Build deploys new images (cloudbuild.yaml); Terraform owns everything else about the service. A
+    # `gcloud run services update` also stamps its client name and version on the service and annotations on
+    # the revision template: ignored too, or every plan after a deploy would show them as drift.
     ignore_changes = [
       template[0].containers[0].image,
+      template[0].annotations,
       client,
       client_version,
     ]

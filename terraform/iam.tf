@@ -2,8 +2,10 @@
 # The gateway's identity: only what it needs, each grant on the narrowest resource that carries it.
 #   - write rows to the audit table (bigquery.tf: table-level dataEditor)
 #   - read the Anthropic key and the policy (secrets.tf: accessor on those two secrets)
-#   - write logs (project; Cloud Logging has no narrower grant for writing)
-#   - call Claude on Vertex AI, only when var.upstream includes vertex
+#   - call Claude on Vertex AI, only when var.upstream includes vertex: a custom role holding the one permission
+#     rawPredict/streamRawPredict check, on the Vertex project (publisher models carry no IAM policy of their own,
+#     so the project is the narrowest resource Google offers)
+# No logging role: the gateway logs JSON lines to stdout, which Cloud Run itself sends to Cloud Logging.
 # Reading Workspace group memberships is not an IAM role: an admin gives this account the Groups Reader admin
 # role in the Admin console (docs/admin-guide.md, "Let the gateway read groups").
 # ---------------------------------------------------------------------------------------------------------------------
@@ -16,17 +18,22 @@ resource "google_service_account" "gateway" {
   depends_on = [google_project_service.enabled]
 }
 
-resource "google_project_iam_member" "gateway_log_writer" {
-  project = var.project_id
-  role    = "roles/logging.logWriter"
-  member  = google_service_account.gateway.member
+# roles/aiplatform.user would also let the account create datasets, endpoints and training jobs in that project.
+resource "google_project_iam_custom_role" "vertex_predict" {
+  count = local.use_vertex ? 1 : 0
+
+  project     = local.vertex_project
+  role_id     = "${replace(var.name, "-", "_")}_vertex_predict"
+  title       = "Claude gateway: call models (${var.name})"
+  description = "Only what ${var.name} needs to call Claude on Vertex AI: rawPredict and streamRawPredict on publisher models."
+  permissions = ["aiplatform.endpoints.predict"]
 }
 
-resource "google_project_iam_member" "gateway_vertex_user" {
+resource "google_project_iam_member" "gateway_vertex_predict" {
   count = local.use_vertex ? 1 : 0
 
   project = local.vertex_project
-  role    = "roles/aiplatform.user"
+  role    = google_project_iam_custom_role.vertex_predict[0].name
   member  = google_service_account.gateway.member
 }
 

@@ -14,8 +14,10 @@ locals {
 }
 
 resource "google_logging_project_bucket_config" "content_fallback" {
-  project        = var.project_id
-  location       = "global"
+  project = var.project_id
+  # The entries hold prompt text: keep them where the captured content itself is kept (US/EU become Cloud
+  # Logging's us/eu multi-regions, a region stays that region).
+  location       = lower(local.bigquery_location)
   bucket_id      = "${var.name}-content-fallback"
   retention_days = var.content_retention_days > 0 ? var.content_retention_days : 3650
   description    = "audit_content_fallback entries of ${var.name}: captured prompts BigQuery had not taken in time."

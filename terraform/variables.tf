@@ -54,6 +54,11 @@ variable "access_groups" {
     condition     = alltrue([for g in var.access_groups : can(regex("^[^@\\s:]+@[^@\\s:]+\\.[^@\\s:]+$", g))])
     error_message = "Each access_groups entry must be a bare group email (no 'group:' prefix); allUsers and allAuthenticatedUsers are not accepted."
   }
+
+  validation {
+    condition     = length(var.access_groups) + length(var.access_users) > 0
+    error_message = "Name at least one group in access_groups (or a person in access_users): otherwise nobody can pass IAP."
+  }
 }
 
 variable "access_users" {
@@ -115,6 +120,96 @@ variable "ingress" {
   validation {
     condition     = contains(["INGRESS_TRAFFIC_ALL", "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER", "INGRESS_TRAFFIC_INTERNAL_ONLY"], var.ingress)
     error_message = "The ingress must be INGRESS_TRAFFIC_ALL, INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER or INGRESS_TRAFFIC_INTERNAL_ONLY."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Context-aware access (optional): on top of group membership, IAP also requires an Access Context Manager access
+# level (networks the request comes from, and/or the state of the device). docs/admin-guide.md, "Context-aware access".
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "access_level" {
+  description = "Full name of an existing access level every IAP accessor must satisfy, accessPolicies/POLICY_NUMBER/accessLevels/NAME. Null: none, unless this configuration creates one (access_level_ip_ranges or access_level_device_policy)."
+  type        = string
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = can(regex("^accessPolicies/[0-9]+/accessLevels/[A-Za-z][A-Za-z0-9_]{0,49}$", coalesce(var.access_level, "accessPolicies/0/accessLevels/x")))
+    error_message = "The access_level must be null or a full access level name such as accessPolicies/123456789/accessLevels/corp_network."
+  }
+
+  validation {
+    condition     = var.access_level == null || (length(var.access_level_ip_ranges) == 0 && var.access_level_device_policy == null)
+    error_message = "Set either access_level (an existing level) or access_level_ip_ranges / access_level_device_policy (a level created here), not both."
+  }
+}
+
+variable "access_policy_number" {
+  description = "Number of the organisation's access policy (gcloud access-context-manager policies list --organization=ORG_ID), in which an access level is created when access_level_ip_ranges or access_level_device_policy is set."
+  type        = string
+  default     = null
+  nullable    = true
+
+  validation {
+    condition     = can(regex("^[0-9]+$", coalesce(var.access_policy_number, "0")))
+    error_message = "The access_policy_number must be null or the access policy's number (digits only, without accessPolicies/)."
+  }
+
+  validation {
+    condition     = var.access_policy_number != null || (length(var.access_level_ip_ranges) == 0 && var.access_level_device_policy == null)
+    error_message = "Creating an access level (access_level_ip_ranges or access_level_device_policy) needs access_policy_number, the organisation's access policy."
+  }
+}
+
+variable "access_level_ip_ranges" {
+  description = "CIDR ranges (IPv4 or IPv6) requests must come from, e.g. the office's and the VPN's public egress ranges. Non-empty: an access level is created and required on every IAP accessor."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for r in var.access_level_ip_ranges : can(regex("/[0-9]+$", r)) && can(cidrhost(r, 0))])
+    error_message = "Each access_level_ip_ranges entry must be a CIDR range such as 203.0.113.0/24 or 2001:db8::/32."
+  }
+
+  validation {
+    # The range's first address, compared with its own address written as a single-host range.
+    condition     = alltrue([for r in var.access_level_ip_ranges : try(cidrhost(r, 0) == cidrhost("${split("/", r)[0]}/${strcontains(r, ":") ? 128 : 32}", 0), true)])
+    error_message = "Each access_level_ip_ranges entry must have its host bits zero (203.0.113.0/24, not 203.0.113.7/24): Access Context Manager refuses the others."
+  }
+}
+
+variable "access_level_device_policy" {
+  description = "Device requirements (Endpoint Verification on the developer's machine; Chrome Enterprise Premium for most attributes). Non-null: an access level is created and required on every IAP accessor. os_types: DESKTOP_MAC, DESKTOP_WINDOWS, DESKTOP_LINUX, DESKTOP_CHROME_OS."
+  type = object({
+    require_screen_lock         = optional(bool, true)
+    require_corp_owned          = optional(bool, false)
+    require_admin_approval      = optional(bool, false)
+    allowed_encryption_statuses = optional(list(string), ["ENCRYPTED"])
+    os_types                    = optional(list(string), [])
+  })
+  default  = null
+  nullable = true
+
+  validation {
+    condition     = var.access_level_device_policy == null || alltrue([for s in try(var.access_level_device_policy.allowed_encryption_statuses, []) : contains(["ENCRYPTION_UNSPECIFIED", "ENCRYPTION_UNSUPPORTED", "UNENCRYPTED", "ENCRYPTED"], s)])
+    error_message = "Each allowed_encryption_statuses entry must be ENCRYPTED, UNENCRYPTED, ENCRYPTION_UNSUPPORTED or ENCRYPTION_UNSPECIFIED."
+  }
+
+  validation {
+    condition     = var.access_level_device_policy == null || alltrue([for o in try(var.access_level_device_policy.os_types, []) : contains(["DESKTOP_MAC", "DESKTOP_WINDOWS", "DESKTOP_LINUX", "DESKTOP_CHROME_OS"], o)])
+    error_message = "Each os_types entry must be DESKTOP_MAC, DESKTOP_WINDOWS, DESKTOP_LINUX or DESKTOP_CHROME_OS."
+  }
+}
+
+variable "access_level_combining" {
+  description = "With both IP ranges and a device policy: AND (the device must comply and be on a listed network) or OR (either is enough)."
+  type        = string
+  default     = "AND"
+
+  validation {
+    condition     = contains(["AND", "OR"], var.access_level_combining)
+    error_message = "The access_level_combining must be AND or OR."
   }
 }
 
@@ -235,6 +330,11 @@ variable "max_instances" {
     condition     = var.max_instances >= 1 && var.max_instances <= 1000
     error_message = "The max_instances must be between 1 and 1000."
   }
+
+  validation {
+    condition     = var.min_instances <= var.max_instances
+    error_message = "The max_instances must be at least min_instances."
+  }
 }
 
 variable "concurrency" {
@@ -292,10 +392,15 @@ variable "deletion_protection" {
 # ---------------------------------------------------------------------------------------------------------------------
 
 variable "bigquery_location" {
-  description = "BigQuery location for the audit datasets (US, EU or a region). Null: the region variable. Cannot change after creation."
+  description = "BigQuery location for the audit datasets (US, EU or a region); the log bucket for captured prompts follows it. Null: the region variable. Cannot change after creation."
   type        = string
   default     = null
   nullable    = true
+
+  validation {
+    condition     = can(regex("^(US|EU|[a-z]+-[a-z]+[0-9]+)$", coalesce(var.bigquery_location, "US")))
+    error_message = "The bigquery_location must be null, the US or EU multi-region, or a region name such as europe-west1."
+  }
 }
 
 variable "bigquery_dataset_id" {
@@ -304,9 +409,18 @@ variable "bigquery_dataset_id" {
   default     = "claude_gateway"
 
   validation {
-    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1014}$", var.bigquery_dataset_id))
-    error_message = "The bigquery_dataset_id must be letters, digits and underscores, not starting with a digit."
+    # At most 1015 characters, so that "<dataset>_security" stays within BigQuery's 1024. (Terraform's regex
+    # engine refuses repeat counts over 1000, hence length() rather than {0,1014}.)
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]*$", var.bigquery_dataset_id)) && length(var.bigquery_dataset_id) <= 1015
+    error_message = "The bigquery_dataset_id must be at most 1015 letters, digits and underscores, not starting with a digit."
   }
+}
+
+variable "security_views_dir" {
+  description = "Folder whose *.sql files become the security views (one view per file). Null: gateway/audit/views of this repository, beside terraform/."
+  type        = string
+  default     = null
+  nullable    = true
 }
 
 variable "audit_table_id" {
@@ -315,8 +429,8 @@ variable "audit_table_id" {
   default     = "requests"
 
   validation {
-    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1023}$", var.audit_table_id))
-    error_message = "The audit_table_id must be letters, digits and underscores, not starting with a digit."
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]*$", var.audit_table_id)) && length(var.audit_table_id) <= 1024
+    error_message = "The audit_table_id must be at most 1024 letters, digits and underscores, not starting with a digit."
   }
 }
 
@@ -337,8 +451,8 @@ variable "content_table_id" {
   default     = "audit_content"
 
   validation {
-    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]{0,1023}$", var.content_table_id))
-    error_message = "The content_table_id must be letters, digits and underscores, not starting with a digit."
+    condition     = can(regex("^[A-Za-z_][A-Za-z0-9_]*$", var.content_table_id)) && length(var.content_table_id) <= 1024
+    error_message = "The content_table_id must be at most 1024 letters, digits and underscores, not starting with a digit."
   }
 }
 
@@ -442,7 +556,8 @@ variable "vpc_subnet_cidr" {
   default     = "10.8.0.0/24"
 
   validation {
-    condition     = can(cidrhost(var.vpc_subnet_cidr, 0)) && tonumber(split("/", var.vpc_subnet_cidr)[1]) <= 26
-    error_message = "The vpc_subnet_cidr must be an IPv4 CIDR range of /26 or larger."
+    # try(): a value without "/" has no prefix length to compare, and must give this message, not an index error.
+    condition     = can(regex("^[0-9.]+/[0-9]+$", var.vpc_subnet_cidr)) && can(cidrhost(var.vpc_subnet_cidr, 0)) && try(tonumber(split("/", var.vpc_subnet_cidr)[1]) <= 26, false)
+    error_message = "The vpc_subnet_cidr must be an IPv4 CIDR range of /26 or larger, such as 10.8.0.0/24."
   }
 }

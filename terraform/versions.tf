@@ -1,5 +1,6 @@
 terraform {
-  required_version = ">= 1.5.0, < 2.0.0"
+  # 1.9: variable validations that refer to other variables (access_groups with access_users, min/max instances).
+  required_version = ">= 1.9.0, < 2.0.0"
 
   required_providers {
     # 7.21 is the first GA google provider with google_cloud_run_v2_service.iap_enabled.

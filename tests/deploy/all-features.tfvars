@@ -1,4 +1,4 @@
-# Variables for scanning terraform/ with every optional part switched on (scripts/checkov): checkov leaves out
+# Variables with every optional part switched on, for scripts/checkov and the offline plan tests: checkov leaves out
 # resources whose count or for_each is empty, so a scan with the defaults would never look at them.
 project_id                  = "example-gateway"
 region                      = "europe-west1"
@@ -17,3 +17,7 @@ audit_retention_days        = 400
 extra_env                   = { GATEWAY_LOG_LEVEL = "INFO" }
 content_reader_groups       = ["compliance@example.com"]
 content_retention_days      = 90
+bigquery_location           = "EU"
+access_policy_number        = "123456789"
+access_level_ip_ranges      = ["203.0.113.0/24", "2001:db8::/32"]
+access_level_device_policy  = { require_corp_owned = true, os_types = ["DESKTOP_MAC", "DESKTOP_LINUX"] }

@@ -10,8 +10,7 @@ from typing import Any
 import hcl2
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TERRAFORM = ROOT / "terraform"
+from tests.deploy.offline_plan import ROOT, TERRAFORM, Plan, Planner, require_tool, stage_tool
 
 
 def load_hcl(path: Path) -> dict[str, Any]:
@@ -99,3 +98,39 @@ def expression(value: Any) -> str:
     text = str(value)
     match = re.fullmatch(r"\$\{(.*)\}", text, re.S)
     return match.group(1) if match else text
+
+
+# --- offline plans (tests/deploy/offline_plan.py) -------------------------------------------------------------------
+
+# Only the variables that have no default, plus access_groups, which must name someone.
+REQUIRED_VARIABLES = {
+    "project_id": "example-gateway",
+    "oauth_desktop_client_id": "123456789012-abcdefghijklmnopqrstuvwxyz012345.apps.googleusercontent.com",
+    "access_groups": ["claude-code-users@example.com"],
+}
+VARIABLE_SETS: dict[str, dict[str, Any] | Path] = {
+    "defaults": REQUIRED_VARIABLES,
+    "example": TERRAFORM / "examples" / "terraform.tfvars.example",
+    "all-features": ROOT / "tests" / "deploy" / "all-features.tfvars",
+}
+
+
+@pytest.fixture(scope="session")
+def planner(tmp_path_factory: pytest.TempPathFactory) -> Planner:
+    require_tool()
+    return Planner(stage_tool(tmp_path_factory.mktemp("terraform-offline")), tmp_path_factory.mktemp("tfvars"))
+
+
+@pytest.fixture(scope="session", params=sorted(VARIABLE_SETS))
+def plan(request: pytest.FixtureRequest, planner: Planner) -> Plan:
+    """The plan of each variable set (one plan per set and session); a failed plan fails the tests that use it."""
+    result = planner.plan(VARIABLE_SETS[request.param])
+    assert result.ok, f"terraform plan of the {request.param} variables failed:\n" + "\n".join(result.errors)
+    return result
+
+
+@pytest.fixture(scope="session")
+def all_features_plan(planner: Planner) -> Plan:
+    result = planner.plan(VARIABLE_SETS["all-features"])
+    assert result.ok, "terraform plan of all-features.tfvars failed:\n" + "\n".join(result.errors)
+    return result
