@@ -94,7 +94,7 @@ _B64_RUN = re.compile(r"[A-Za-z0-9+/\\\-_=]{20,}")
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """Where one detector found a secret: `text[start:end]`."""
+    """Where one detector found a secret: from `start` up to `end` in the text it read."""
 
     name: str
     start: int
