@@ -89,7 +89,9 @@ _AZURE_WORDS = ("account", "azure")
 # The entropy detector's candidates: a run of its characters after a quote, `:` or `=` (spaces allowed between),
 # ending at a quote or the end of the line, as the library's own regex has it; found here by maximal runs, which
 # is linear where the library's backtracks.
-_B64_RUN = re.compile(r"[A-Za-z0-9+/\\\-_=]{20,}")
+_MIN_ENTROPY_RUN = 20
+_B64_RUN = re.compile(rf"[A-Za-z0-9+/\\\-_=]{{{_MIN_ENTROPY_RUN},}}")
+_ASSIGNMENT_IN_RUN = re.compile(r"=(?=[^=])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +142,17 @@ class LibraryDetectors:
         limit = self._entropy.entropy_limit
         for match in _B64_RUN.finditer(text):
             start, end = match.span()
+            if text[end : end + 1] not in ("", "\n", "\r", "'", '"'):
+                continue
             line_start = text.rfind("\n", 0, start) + 1
             opener = text[max(line_start, start - 64) : start].rstrip(" \t")
             if not opener or opener[-1] not in "'\":=":
-                continue
-            if text[end : end + 1] not in ("", "\n", "\r", "'", '"'):
-                continue
-            value = match.group(0)
+                # `=` is a base64 character too: in `salt=...` the run starts at the name, the value after it.
+                assigned = _ASSIGNMENT_IN_RUN.search(text, start, end)
+                if assigned is None or end - assigned.end() < _MIN_ENTROPY_RUN:
+                    continue
+                start = assigned.end()
+            value = text[start:end]
             if (
                 self._entropy.calculate_shannon_entropy(value) > limit
                 and not _filtered(value, text[line_start : line_start + WINDOW])

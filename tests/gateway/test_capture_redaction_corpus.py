@@ -176,6 +176,7 @@ MUST_REDACT: list[Leak] = [
     leak("sendgrid-key", "SENDGRID=" + "SG." + rand(ALNUM, 22) + "." + rand(ALNUM, 43), "SG."),
     leak("keyword-auth-key-quoted", 'auth_key = "' + "Zq8" + rand(ALNUM, 21) + '"', "Zq8"),
     leak("high-entropy-quoted-value", f'SIGNING_SALT: "{SALT}"', SALT),
+    leak("high-entropy-assigned-value", f"cookie_salt={SALT}\n", SALT),
 ]
 
 MUST_KEEP: list[tuple[str, str]] = [
