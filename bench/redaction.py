@@ -15,6 +15,7 @@ import string
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -38,19 +39,31 @@ def _conversation(text: str, size: int) -> bytes:
     messages: list[dict[str, object]] = []
     while sum(len(str(message)) for message in messages) < size:
         start = rng.randrange(0, max(len(text) - 6000, 1))
-        messages.append({"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": f"toolu_{len(messages):04d}", "content": text[start:start + 6000]},
-            {"type": "text", "text": "Now change the relay so that it closes the upstream response in a finally."},
-        ]})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": f"toolu_{len(messages):04d}",
+                        "content": text[start : start + 6000],
+                    },
+                    {
+                        "type": "text",
+                        "text": "Now change the relay so that it closes the upstream response in a finally.",
+                    },
+                ],
+            }
+        )
         messages.append({"role": "assistant", "content": [{"type": "text", "text": "Reading the file first."}]})
     return orjson.dumps({"model": "claude-sonnet-4-5", "system": "You are Claude Code.", "messages": messages})
 
 
-def _median_ms(run: Callable[[], object]) -> float:
+def _median_ms(run: Callable[[Any], object], argument: Any) -> float:
     times = []
     for _ in range(RUNS):
         started = time.perf_counter()
-        run()
+        run(argument)
         times.append(time.perf_counter() - started)
     return statistics.median(times) * 1000
 
@@ -70,8 +83,8 @@ def main() -> None:
         mib = len(text.encode()) / MIB
         found = both.redact(text)[1]
         print(
-            f"{name:<28} {mib:5.2f} {_median_ms(lambda: ours.redact(text)) / mib:12.0f} "
-            f"{_median_ms(lambda: library.find(text)) / mib:9.0f} {_median_ms(lambda: both.redact(text)) / mib:9.0f} "
+            f"{name:<28} {mib:5.2f} {_median_ms(ours.redact, text) / mib:12.0f} "
+            f"{_median_ms(library.find, text) / mib:9.0f} {_median_ms(both.redact, text) / mib:9.0f} "
             f"{sum(found.values()):>11}  {dict(sorted(found.items()))}"
         )
 
@@ -80,8 +93,8 @@ def main() -> None:
     mib = len(body) / MIB
     found = both.redact_json(captured)[1]
     print(
-        f"{'conversation (redact_json)':<28} {mib:5.2f} {_median_ms(lambda: ours.redact_json(captured)) / mib:12.0f} "
-        f"{'-':>9} {_median_ms(lambda: both.redact_json(captured)) / mib:9.0f} {sum(found.values()):>11}"
+        f"{'conversation (redact_json)':<28} {mib:5.2f} {_median_ms(ours.redact_json, captured) / mib:12.0f} "
+        f"{'-':>9} {_median_ms(both.redact_json, captured) / mib:9.0f} {sum(found.values()):>11}"
     )
 
 
