@@ -124,23 +124,24 @@ _TOKEN_KEYS = "|".join(f"(?<={kind}{sep}token)" for kind in _TOKEN_KINDS for sep
 # A private key's body without its BEGIN line (a paste that lost it, `tail -n +2 key.pem`): the DER encoding of
 # every common key type opens with a few fixed bytes, so its base64 opens with these characters.
 _KEY_BODY_STARTS = (
-    r"(?:M(?:II[A-Za-z0-9+/]{2}IBA(?:AK|D[AC])"  # RSA and DSA (PKCS#1, and PKCS#8)
+    r"(?:M(?:II[A-Za-z0-9+/]{3}IBA(?:AK|D[AC])"  # RSA and DSA (PKCS#1, and PKCS#8)
     r"|HcCAQEE|HQCAQEE|IGkAgEBBD|IHcAgEBBE"  # EC (SEC1: P-256, secp256k1, P-384, P-521)
     r"|I[A-Za-z0-9+/]{2}AgEAMB[AM]GByqGSM49AgEG"  # EC (PKCS#8)
     r"|[A-Za-z0-9+/]{3}AQAwBQYDK2V[wx]"  # Ed25519, Ed448 (PKCS#8)
     r"|I[A-Za-z0-9+/]{2,3}(?:MF8GCSqGSIb3DQEFDT|DBfBgkqhkiG9w0BBQ0w))"  # encrypted PKCS#8 (PBES2)
     r"|b3BlbnNzaC1rZXktdjE)"  # OpenSSH
 )
-# The rest of such a body: base64 to the end of the line, then whole base64 lines (newlines real or escaped, as in
-# JSON text), and the END line if it is there.
+# The rest of such a body: base64 to the end of the line, then whole lines of base64 at a key's width (newlines
+# real or escaped, as in JSON text), a shorter last line, and the END line if it is there. The last line must
+# hold a capital, a digit or a symbol, so that a one-word line of prose after the key (`thanks`) stays.
 _EOL = r"(?=[ \t]*(?:\r?\n|\\[rn]|$))"
+_NEWLINE = r"(?:\r?\n|\\r\\n|\\n)[ \t]*"
 _KEY_BODY_REST = (
     r"[A-Za-z0-9+/=]*"
     + _EOL
-    + r"(?:(?:\r?\n|\\r\\n|\\n)[ \t]*[A-Za-z0-9+/=]{4,}"
-    + _EOL
-    + r"){0,2000}"
-    + r"(?:(?:\r?\n|\\r\\n|\\n)-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----)?"
+    + rf"(?:{_NEWLINE}[A-Za-z0-9+/=]{{60,76}}{_EOL}){{0,2000}}"
+    + rf"(?:{_NEWLINE}(?=[a-z]{{0,76}}[A-Z0-9+/=])[A-Za-z0-9+/=]{{4,76}}{_EOL})?"
+    + rf"(?:{_NEWLINE}-----END[A-Z0-9 ]{{0,40}}PRIVATE KEY(?: BLOCK)?-----)?"
 )
 _END_LINE = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 _BASE64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/]+={0,2}[ \t]*\r?")
@@ -150,8 +151,9 @@ _PEM_LINES = re.compile(
     r"(?<![^\n])(?:[A-Za-z0-9+/]{64}|[A-Za-z0-9+/]{70})\r?\n(?:[A-Za-z0-9+/]{64,70}\r?\n)+"
     r"[A-Za-z0-9+/]{4,70}={0,2}(?![^\r\n])"
 )
-# Public material in the same encoding: never a secret.
-_PUBLIC_PEM = re.compile(r"-----BEGIN (?:CERTIFICATE|(?:[A-Z0-9]{1,20} )?PUBLIC KEY|X509 CRL|NEW CERTIFICATE REQUEST)")
+# A run right under any other BEGIN line (certificates, public keys, PGP signatures and messages, CSRs) is that
+# block's body, which is public or not a key.
+_OTHER_PEM = re.compile(r"-----BEGIN (?![A-Z0-9 ]{0,40}PRIVATE KEY)[A-Z0-9 ]{1,60}-----")
 _MAX_KEY_LINES = 2000
 
 
@@ -172,7 +174,7 @@ def _key_bodies(text: str) -> Iterator[tuple[int, int]]:
             yield start, match.end()
     for match in _PEM_LINES.finditer(text):
         above = text.rfind("\n", 0, max(match.start() - 1, 0)) + 1
-        if not _PUBLIC_PEM.match(text, above):
+        if not _OTHER_PEM.match(text, above):
             yield match.span()
 
 

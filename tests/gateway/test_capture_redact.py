@@ -466,3 +466,21 @@ def test_library_findings_that_overlap_become_one_marker(redactor: Redactor) -> 
 def test_default_redactor_is_shared() -> None:
     assert default_redactor() is default_redactor()
     assert default_redactor().redact(ANTHROPIC_KEY) == (M("anthropic_api_key"), {"anthropic_api_key": 1})
+
+
+def test_key_bodies_without_their_begin_line_take_only_the_key(redactor: Redactor) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+    body = "\n".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    # From its first line; from its END line back; from neither end (PEM-width lines). The words around stay.
+    assert redactor.redact(f"key:\n{body}\nthanks") == (f"key:\n{M('private_key')}\nthanks", {"private_key": 1})
+    tail = "\n".join(body.splitlines()[3:]) + "\n-----END PRIVATE KEY-----"
+    assert redactor.redact(f"rest:\n{tail}\nok") == (f"rest:\n{M('private_key')}\nok", {"private_key": 1})
+    middle = "\n".join(body.splitlines()[3:10])
+    assert redactor.redact(f"part:\n{middle}\nok") == (f"part:\n{M('private_key')}\nok", {"private_key": 1})

@@ -93,6 +93,8 @@ def leak(id: str, text: str, *secrets: str) -> Leak:
 
 
 RSA_BODY = _body(RSA_PEM)
+PKCS8_ONE_LINE = "".join(_body(PKCS8_PEM))
+PGP_LINES = [rand(B64, 64) for _ in range(4)] + [rand(B64, 20) + "="]
 MUST_REDACT: list[Leak] = [
     # The misses the issue found, first.
     leak(
@@ -129,6 +131,8 @@ MUST_REDACT: list[Leak] = [
         "\n".join(RSA_BODY[5:]) + "\n-----END RSA PRIVATE KEY-----",
         *RSA_BODY[5:],
     ),
+    leak("pem-first-line-only", f"it starts with\n{RSA_BODY[0]}\nand the rest is on my laptop", RSA_BODY[0]),
+    leak("pkcs8-body-on-one-line", f"SIGNING_KEY_B64={PKCS8_ONE_LINE}\n", PKCS8_ONE_LINE),
     leak("pkcs8-body-without-begin", "\n".join(_body(PKCS8_PEM)) + "\n", *_body(PKCS8_PEM)),
     leak("ec-body-without-begin", "\n".join(_body(EC_PEM)), *_body(EC_PEM)),
     leak("ed25519-body-without-begin", "\n".join(_body(ED25519_PEM)), *_body(ED25519_PEM)),
@@ -208,6 +212,7 @@ MUST_KEEP: list[tuple[str, str]] = [
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode(),
     ),
+    ("pgp-signature", "-----BEGIN PGP SIGNATURE-----\n" + "\n".join(PGP_LINES) + "\n-----END PGP SIGNATURE-----"),
     ("ssh-public-key", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ada@laptop"),
     ("path", 'open("/projects/123456789/locations/us-central1/services/claude-gateway/config.yaml")'),
     ("numbers", "p50 12.5 ms, p99 41.0 ms over 10000 requests; 0.3 ms a request; port 8080"),
