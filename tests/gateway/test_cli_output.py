@@ -4,6 +4,7 @@ terminal escapes shows escaped, on one line, in `audit tail`, `summary` and `exp
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
+from gateway.logs import configure_logging
 from gateway.terminal import escape, escape_text, field
 from tests.gateway.conftest import Stack
 from tests.support.anthropic_sse import JSON_HEADERS
@@ -112,3 +115,19 @@ def test_field_cuts_long_values_and_shows_none_as_a_dash() -> None:
     assert field("short", 20) == "short"
     assert field(None) == "-" and field(42) == "42"
     assert field("x\ny", 20) == "x\\ny"
+
+
+def test_plain_logs_on_a_laptop_escape_what_callers_chose(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        configure_logging("INFO", structured=False)
+        logging.getLogger("gateway.access").info("%s %s %s", "POST", "/v1/x\n12:00:00 INFO forged\x1b[2J", 404)
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith("POST /v1/x\\n12:00:00 INFO forged\\u001b[2J 404")
