@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.config import Settings
+from gateway.terminal import escape, escape_text, field
 
 DEV_AUDIENCE = "/projects/000000000000/locations/local/services/claude-gateway"
 MOCK_PREFIX = "/_mock_anthropic"
@@ -30,14 +31,21 @@ class CLIError(Exception):
 
 
 def say(text: str = "") -> None:
-    """The CLI's one way to write to the terminal."""
-    sys.stdout.write(text + "\n")
+    """The CLI's one way to write to the terminal: control characters escaped whatever the text holds (its line
+    breaks aside), so data a caller chose cannot drive the terminal. Caller-chosen fields go through `field` too,
+    which escapes line breaks and cuts them short."""
+    write(text + "\n")
+
+
+def write(text: str) -> None:
+    """Part of a line, escaped as `say` does."""
+    sys.stdout.write(escape_text(text))
     sys.stdout.flush()
 
 
 def note(text: str) -> None:
     """A remark for the person at the terminal, kept out of output that may be piped (stderr)."""
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(escape_text(text) + "\n")
     sys.stderr.flush()
 
 
@@ -181,16 +189,15 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
         async with client.stream(
             "POST", f"{base}/v1/messages", json=request, headers={"anthropic-version": "2023-06-01"}
         ) as response:
-            sys.stdout.write("  reply: ")
+            write("  reply: ")
             async for line in response.aiter_lines():
                 if line.startswith("data: ") and '"text_delta"' in line:
-                    sys.stdout.write(json.loads(line[6:])["delta"]["text"])
-                    sys.stdout.flush()
+                    write(json.loads(line[6:])["delta"]["text"])
                 elif line.startswith("data: ") and '"error"' in line and response.status_code == 200:
-                    sys.stdout.write(f"\n  stream error: {line[6:]}")
+                    write(f"\n  stream error: {field(line[6:], 500)}")
             if response.status_code != 200:
                 await response.aread()
-                sys.stdout.write(f"HTTP {response.status_code}: {response.text}")
+                write(f"HTTP {response.status_code}: {field(response.text, 500)}")
             say()
     await asyncio.sleep(0.5)  # the audit writer flushes in the background, off the response path
     access.setLevel(level)
@@ -203,7 +210,7 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
 
 def _format_row(row: dict[str, Any], indent: str = "") -> str:
     shown = {k: v for k, v in row.items() if v not in (None, "", "[]")}
-    return "\n".join(f"{indent}{key}: {value}" for key, value in shown.items())
+    return "\n".join(f"{indent}{key}: {field(value)}" for key, value in shown.items())
 
 
 def _audit_db(args: argparse.Namespace) -> str:
@@ -229,10 +236,12 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
     for row in rows:
         tokens = f"in={row['input_tokens'] or 0} out={row['output_tokens'] or 0}"
         cost = f"${row['cost_usd']:.6f}" if row["cost_usd"] is not None else "-"
+        # Every text column may hold what a caller sent (the path and model always do): each is escaped and cut.
         say(
-            f"{row['timestamp']}  {row['user_email'] or '-':<28} {row['method']} {row['path']}  "
-            f"{row['status_code']} {row['outcome']:<17} {row['served_model'] or row['requested_model'] or '-'}  "
-            f"{tokens} {cost}  {row['request_id']}"
+            f"{field(row['timestamp'], 40)}  {field(row['user_email'], 80):<28} {field(row['method'], 16)} "
+            f"{field(row['path'])}  {field(row['status_code'], 8)} {field(row['outcome'], 32):<17} "
+            f"{field(row['served_model'] or row['requested_model'], 80)}  {tokens} {cost}  "
+            f"{field(row['request_id'], 64)}"
         )
     return 0
 
@@ -252,7 +261,7 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
         f"{'cache_w':>9} {'cache_r':>10} {'cost_usd':>11}")
     for row in rows:
         say(
-            f"{str(row['key']):<32} {row['requests']:>8} {row['refused']:>7} {row['failed']:>6} "
+            f"{field(row['key'], 80):<32} {row['requests']:>8} {row['refused']:>7} {row['failed']:>6} "
             f"{row['input_tokens']:>10} {row['output_tokens']:>10} {row['cache_creation_input_tokens']:>9} "
             f"{row['cache_read_input_tokens']:>10} {row['cost_usd']:>11.4f}"
         )
@@ -285,7 +294,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     say(f"{args.file}: {len(rows)} rows, {len(unique)} requests ({skipped} other lines); "
         f"{result.written} written to {sink.name}")
     for request_id, reason in result.rejected:
-        say(f"  rejected {request_id}: {reason}")
+        say(f"  rejected {field(request_id, 64)}: {field(reason, 500)}")
     if result.unsent:
         raise CLIError(
             f"{result.unsent} rows not sent ({result.error}); run the command again once the sink answers "
@@ -333,7 +342,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
             settings, TableRef.from_url(sink), email, window,
             TableRef.from_url(content_sink) if args.content else None,
         )
-    lines = (json.dumps(line, ensure_ascii=False, default=str) for line in found.lines())
+    # Faithful (non-ASCII kept) yet safe to show: JSON escapes C0 controls itself; `escape` adds the C1 and
+    # bidirectional ones, as JSON escapes, so the file parses to the same values.
+    lines = (escape(json.dumps(line, ensure_ascii=False, default=str)) for line in found.lines())
     if args.out:
         try:
             with open(args.out, "w", encoding="utf-8") as out:
@@ -586,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except CLIError as exc:
-        sys.stderr.write(f"claude-gateway: {exc}\n")
+        note(f"claude-gateway: {escape(str(exc))}")  # one line, whatever path or value it quotes
         return 2
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,18 @@ import sys
 
 from google.cloud.logging.handlers import StructuredLogHandler
 
+from gateway.terminal import escape, escape_text
+
+
+class _TerminalFormatter(logging.Formatter):
+    """Plain lines for a terminal: what a caller chose (a path, a model) cannot drive it (see gateway.terminal)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))  # the line itself stays one line
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_text(super().format(record))  # a traceback after it keeps its lines
+
 
 def configure_logging(level: str = "INFO", *, structured: bool = True, project: str | None = None) -> None:
     """Send the root logger's records to stdout as Cloud Logging JSON, or to stderr as text."""
@@ -15,7 +27,7 @@ def configure_logging(level: str = "INFO", *, structured: bool = True, project: 
         handler = StructuredLogHandler(project_id=project, stream=sys.stdout)  # type: ignore[no-untyped-call]
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_TerminalFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

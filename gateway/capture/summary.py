@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
 from typing import Any
 
@@ -123,12 +124,33 @@ def summarise_request(body: bytes, *, max_bytes: int = MAX_REQUEST_BYTES) -> dic
     return summary
 
 
-def _stub_binary(value: Any, depth: int = 0) -> Any:
-    """A copy with base64 payloads (images, PDFs) replaced by their size and SHA-256: bytes are not audit text."""
+# Payloads that are bytes, not text, whatever their media type says: their size and hash are kept instead.
+_BINARY_MAGIC = (b"%PDF-", b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"PK\x03\x04", b"\x1f\x8b")
+
+
+def _as_text(raw: bytes) -> str | None:
+    """The payload as text if it is text (UTF-8, or UTF-16 with its BOM), else None."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError:
+            return None
+    if raw.startswith(_BINARY_MAGIC) or b"\x00" in raw:
+        return None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode_payloads(value: Any, depth: int = 0) -> Any:
+    """A copy with each base64 payload decoded: text (a `text/plain` document, or anything that decodes as text,
+    whatever media type it claims) is kept as `decoded_text`, since the model reads it; images, PDFs and other
+    bytes are replaced by their size and SHA-256. Either way `data` itself is dropped."""
     if depth > NESTING_LIMIT:
         return TRUNCATION_MARKER
     if isinstance(value, list):
-        return [_stub_binary(item, depth + 1) for item in value]
+        return [_decode_payloads(item, depth + 1) for item in value]
     if not isinstance(value, dict):
         return value
     data = value.get("data")
@@ -137,11 +159,14 @@ def _stub_binary(value: Any, depth: int = 0) -> Any:
             raw = base64.b64decode(data, validate=False)
         except (binascii.Error, ValueError):
             raw = utf8(data)
-        stub = {key: item for key, item in value.items() if key != "data"}
-        stub["data_bytes"] = len(raw)
-        stub["data_sha256"] = hashlib.sha256(raw).hexdigest()
-        return stub
-    return {key: _stub_binary(item, depth + 1) for key, item in value.items()}
+        decoded = {key: item for key, item in value.items() if key != "data"}
+        decoded["data_bytes"] = len(raw)
+        decoded["data_sha256"] = hashlib.sha256(raw).hexdigest()
+        text = _as_text(raw)
+        if text is not None:
+            decoded["decoded_text"] = text
+        return decoded
+    return {key: _decode_payloads(item, depth + 1) for key, item in value.items()}
 
 
 def _size(value: Any) -> int:
@@ -211,15 +236,25 @@ def _fit(value: Any, budget: int) -> tuple[Any, int, bool]:
     return clipped, size, True
 
 
+# Request fields kept apart in the capture; every other field (model, tool_choice, mcp_servers, thinking, ...)
+# goes under `params`, so that nothing a request carries to the model is left out.
+_OWN_FIELDS = frozenset(("messages", "system", "tools"))
+
+
 def capture_request(
     body: bytes, cap_bytes: int = DEFAULT_CAP_BYTES, *, max_bytes: int = MAX_REQUEST_BYTES
 ) -> dict[str, Any]:
-    """The request's system prompt and messages as JSON (the `full` level), within about `cap_bytes`; never raises."""
-    # Kept in this order until the cap: the newest message (what the person just sent), the system prompt, then
-    # older messages newest first; the older ones that do not fit are left out and counted in `omitted_messages`.
+    """What the request gives the model (the `full` level), within about `cap_bytes`; never raises: the system
+    prompt, the messages (tool results and decoded text documents included), the tool definitions with their
+    descriptions, and the other parameters."""
+    # Kept in this order until the cap: the newest message (what the person just sent), the system prompt, the
+    # tools, the other parameters, then older messages newest first; the older ones that do not fit are left out
+    # and counted in `omitted_messages`.
     capture: dict[str, Any] = {
         "system": None,
         "messages": [],
+        "tools": None,
+        "params": None,
         "message_count": 0,
         "omitted_messages": 0,
         "truncated": False,
@@ -240,11 +275,12 @@ def capture_request(
         messages = request.get("messages")
         messages = messages if isinstance(messages, list) else []
         capture["message_count"] = len(messages)
+        params = {key: value for key, value in request.items() if key not in _OWN_FIELDS} or None
+        parts: list[tuple[str, Any]] = [("system", request.get("system")), ("tools", request.get("tools"))]
+        parts.append(("params", params))
         if b'"base64"' in bytes(body):
-            messages = _stub_binary(messages)
-            system = _stub_binary(request.get("system"))
-        else:
-            system = request.get("system")
+            messages = _decode_payloads(messages)
+            parts = [(name, _decode_payloads(value)) for name, value in parts]
         budget = cap
         kept: list[Any] = []
         truncated = False
@@ -252,10 +288,11 @@ def capture_request(
             last, size, truncated = _fit(messages[-1], budget)
             kept.append(last)
             budget -= size
-        if system is not None:
-            capture["system"], size, cut = _fit(system, max(budget, 0))
-            truncated |= cut
-            budget -= size
+        for name, value in parts:
+            if value is not None:
+                capture[name], size, cut = _fit(value, max(budget, 0))
+                truncated |= cut
+                budget -= size
         omitted = 0
         for index in range(len(messages) - 2, -1, -1):
             message, size = _sized(messages[index])

@@ -694,3 +694,98 @@ def test_captured_request_and_response_redact_cleanly() -> None:
     assembled, response_counts = redactor.redact_json(assembler.result())
     assert key not in orjson.dumps(captured).decode() and key not in orjson.dumps(assembled).decode()
     assert request_counts == response_counts == {"anthropic_api_key": 1}
+
+
+# What reaches the model is what is captured: decoded text documents, tools, every other parameter.
+
+
+def _document(data: bytes, media_type: str = "text/plain") -> dict[str, Any]:
+    source = {"type": "base64", "media_type": media_type, "data": base64.b64encode(data).decode()}
+    return {"type": "document", "source": source}
+
+
+def test_capture_decodes_base64_text_documents() -> None:
+    notes = "Quarterly plan: ship the sandwich-ledger.\nOwner: ada\n"
+    request = claude_code_request(
+        messages=[{"role": "user", "content": [_document(notes.encode()), {"type": "text", "text": "Summarise."}]}]
+    )
+    capture = capture_request(orjson.dumps(request))
+    source = capture["messages"][0]["content"][0]["source"]
+    assert source == {
+        "type": "base64",
+        "media_type": "text/plain",
+        "data_bytes": len(notes.encode()),
+        "data_sha256": hashlib.sha256(notes.encode()).hexdigest(),
+        "decoded_text": notes,
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type", "text"),
+    [
+        pytest.param(b"a mislabelled note", "application/pdf", "a mislabelled note", id="claims-pdf"),
+        pytest.param(b"{\"k\": 1}", "application/json", '{"k": 1}', id="json"),
+        pytest.param("\ufeffwith a BOM".encode(), "text/csv", "with a BOM", id="utf8-bom"),
+        pytest.param("utf-16 text".encode("utf-16"), "text/plain", "utf-16 text", id="utf16"),
+        pytest.param(b"%PDF-1.7\n1 0 obj << >> endobj\n", "application/pdf", None, id="real-pdf"),
+        pytest.param(b"\x89PNG\r\n\x1a\n" + bytes(64), "image/png", None, id="png"),
+        pytest.param(b"\xff\xfe\xfd not utf-8", "text/plain", None, id="invalid-utf8"),
+        pytest.param(b"nul\x00inside", "text/plain", None, id="nul-bytes"),
+    ],
+)
+def test_capture_keeps_text_whatever_its_label_and_stubs_bytes(data: bytes, media_type: str, text: str | None) -> None:
+    request = claude_code_request(messages=[{"role": "user", "content": [_document(data, media_type)]}])
+    source = capture_request(orjson.dumps(request))["messages"][0]["content"][0]["source"]
+    assert source.get("decoded_text") == text
+    assert "data" not in source and source["data_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_capture_decodes_documents_inside_tool_results() -> None:
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": [_document(b"file read by a tool")]}
+    request = claude_code_request(messages=[{"role": "user", "content": [result]}])
+    capture = capture_request(orjson.dumps(request))
+    assert capture["messages"][0]["content"][0]["content"][0]["source"]["decoded_text"] == "file read by a tool"
+
+
+def test_capture_keeps_tool_definitions_and_other_parameters() -> None:
+    request = claude_code_request(
+        tool_choice={"type": "auto"},
+        mcp_servers=[{"type": "url", "url": "https://mcp.example.com/sse", "name": "wiki"}],
+        thinking={"type": "enabled", "budget_tokens": 2048},
+    )
+    capture = capture_request(orjson.dumps(request))
+    assert capture["tools"] == request["tools"]
+    assert capture["tools"][0]["description"] == "Run a command"
+    assert capture["params"] == {
+        "model": MODEL,
+        "max_tokens": 32000,
+        "stream": True,
+        "tool_choice": {"type": "auto"},
+        "mcp_servers": request["mcp_servers"],
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+    }
+
+
+def test_capture_cap_applies_to_decoded_documents_and_tools() -> None:
+    huge = ("confidential line\n" * 200_000).encode()
+    tools = [{"name": f"tool_{i}", "description": "d" * 2000, "input_schema": {"type": "object"}} for i in range(50)]
+    request = claude_code_request(tools=tools, messages=[{"role": "user", "content": [_document(huge)]}])
+    capture = capture_request(orjson.dumps(request), cap_bytes=20_000)
+    assert capture["truncated"] is True
+    text = capture["messages"][0]["content"][0]["source"]["decoded_text"]
+    assert text.startswith("confidential line") and text.endswith(TRUNCATION_MARKER)
+    assert len(orjson.dumps(capture)) <= 20_000 + 500
+
+
+def test_secrets_in_documents_tools_and_parameters_are_redacted() -> None:
+    key = "sk-" + "ant-api03-" + "k" * 40
+    token = "mcp-" + "Zx9" * 10
+    request = claude_code_request(
+        tools=[{"name": "Deploy", "description": f"Deploys with {key}", "input_schema": {"type": "object"}}],
+        mcp_servers=[{"type": "url", "url": "https://mcp.example.com", "name": "w", "authorization_token": token}],
+        messages=[{"role": "user", "content": [_document(f"DB_PASS=letters\nkey: {key}\n".encode())]}],
+    )
+    captured, counts = Redactor().redact_json(capture_request(orjson.dumps(request)))
+    dumped = orjson.dumps(captured).decode()
+    assert key not in dumped and token not in dumped and "letters" not in dumped
+    assert counts == {"anthropic_api_key": 2, "secret_field": 1, "env_secret": 1}

@@ -92,6 +92,15 @@ POSITIVE: list[tuple[str, str, str]] = [
     ),
     ("google_oauth_token", "token ya29." + "a0AfB_byC" * 8 + " ok", f"token {M('google_oauth_token')} ok"),
     ("google_oauth_token", "refresh: 1//0" + "gdRzU4Xk2bCgYIARAAGBASNwF" * 2, f"refresh: {M('google_oauth_token')}"),
+    (
+        "azure_key",
+        "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=" + "Zm9v" * 22 + "==;EndpointSuffix=x",
+        f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={M('azure_key')};EndpointSuffix=x",
+    ),
+    ("azure_key", "?sv=2022&se=2026&sig=" + "aB3dE" * 9 + "%3D&sp=r", f"?sv=2022&se=2026&sig={M('azure_key')}&sp=r"),
+    ("huggingface_token", "HF_TOKEN=" + "hf" + "_" + "aB3dE6gH" * 4 + "xy", "HF_TOKEN=" + M("huggingface_token")),
+    ("gitlab_token", "glpat-" + "aB3dE6gH" * 3, M("gitlab_token")),
+    ("pypi_token", "-p " + "pypi-AgEIcHlwaS5vcmc" + "aB3dE6gH" * 8, "-p " + M("pypi_token")),
     ("anthropic_api_key", f"use {ANTHROPIC_KEY} here", f"use {M('anthropic_api_key')} here"),
     ("anthropic_api_key", "sk-" + "ant-oat01-" + "q" * 40, M("anthropic_api_key")),
     ("openai_api_key", f"OPENAI key {OPENAI_LEGACY}.", f"OPENAI key {M('openai_api_key')}."),
@@ -175,6 +184,10 @@ NEGATIVE: list[tuple[str, str]] = [
     ("google_api_key", "the AIza prefix, or AIzaSyShort"),
     ("google_oauth_client_secret", "GOCSPX-short is not one"),
     ("google_oauth_token", "ya29.short and 1//0 are prefixes"),
+    ("azure_key", "AccountKey=<your key>; the sig= parameter of a SAS URL; accountkey=short"),
+    ("huggingface_token", "hf_hub_download(repo_id) and self.hf_model_name"),
+    ("gitlab_token", "glpat- tokens, glpat-short"),
+    ("pypi_token", "pypi-AgEIcHlwaS5vcmc is the prefix"),
     ("anthropic_api_key", "Keys start with sk-ant and then api03; sk-ant-api03-xyz is cut."),
     ("openai_api_key", '<div class="sk-fading-circle-animation-delay sk-learn">'),
     ("openai_api_key", "sk-" + "proj-short"),
@@ -399,6 +412,14 @@ def _megabyte(seed: int, alphabet: str) -> str:
         pytest.param("password=" * (1 << 17), id="assignment-run"),
         pytest.param("-----BEGIN RSA PRIVATE KEY-----\n" * (1 << 15), id="pem-headers"),
         pytest.param("sk-" * (1 << 18), id="key-prefix-run"),
+        # Runs that make some detect-secrets regexes backtrack: they only ever see short windows of them.
+        pytest.param("token'" * (1 << 17), id="keyword-quote-run"),
+        pytest.param("artif " * (1 << 17), id="artifactory-keyword-run"),
+        pytest.param("cl_key: " * (1 << 17), id="cloudant-keyword-run"),
+        pytest.param("=" * (1 << 20) + "!", id="entropy-unterminated-run"),
+        pytest.param("A" * (1 << 20), id="pem-width-base64-run"),
+        pytest.param(("A" * 64 + "\n") * (1 << 14), id="pem-lines"),
+        pytest.param("-----END RSA PRIVATE KEY-----\n" * (1 << 15), id="pem-end-lines"),
     ],
 )
 def test_megabyte_inputs_stay_fast(redactor: Redactor, text: str) -> None:
@@ -421,6 +442,45 @@ def test_megabyte_with_secrets_finds_them_all(redactor: Redactor) -> None:
     assert counts == {"anthropic_api_key": 1, "github_token": 1, "aws_access_key_id": 1, "jwt": 1, "google_api_key": 1}
 
 
+def test_detect_secrets_detectors_add_what_our_patterns_do_not_know(redactor: Redactor) -> None:
+    sendgrid = "SG." + "aB3dE6gH9j" * 2 + "kL" + "." + "mN0pQ3rS6t" * 4 + "uVw"
+    twilio = "SK" + "0123456789abcdef" * 2
+    auth_key = "Zq8" + "Yh2kLq9" * 3
+    salt = "".join(random.Random(5).choices(string.ascii_letters + string.digits + "+/", k=40))
+    text = f"{sendgrid}\ntwilio {twilio}\nauth_key = '{auth_key}'\nSALT: \"{salt}\""
+    out, counts = redactor.redact(text)
+    assert counts == {"sendgrid_key": 1, "twilio_key": 1, "secret_keyword": 1, "high_entropy_string": 1}
+    assert all(secret not in out for secret in (sendgrid, twilio, auth_key, salt))
+    assert redactor.redact(out) == (out, {})
+    # Left out with the built-ins: an operator who turns those off gets only their own patterns.
+    assert Redactor(builtins=False).redact(text) == (text, {})
+
+
+def test_library_findings_that_overlap_become_one_marker(redactor: Redactor) -> None:
+    salt = "".join(random.Random(6).choices(string.ascii_letters + string.digits + "+/", k=40))
+    # The keyword detector and the entropy detector both see this value: one marker, named for the first.
+    out, counts = redactor.redact(f'db_key = "{salt}"')
+    assert out.count("[REDACTED:") == 1 and salt not in out and sum(counts.values()) == 1
+
+
 def test_default_redactor_is_shared() -> None:
     assert default_redactor() is default_redactor()
     assert default_redactor().redact(ANTHROPIC_KEY) == (M("anthropic_api_key"), {"anthropic_api_key": 1})
+
+
+def test_key_bodies_without_their_begin_line_take_only_the_key(redactor: Redactor) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
+    body = "\n".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    # From its first line; from its END line back; from neither end (PEM-width lines). The words around stay.
+    assert redactor.redact(f"key:\n{body}\nthanks") == (f"key:\n{M('private_key')}\nthanks", {"private_key": 1})
+    tail = "\n".join(body.splitlines()[3:]) + "\n-----END PRIVATE KEY-----"
+    assert redactor.redact(f"rest:\n{tail}\nok") == (f"rest:\n{M('private_key')}\nok", {"private_key": 1})
+    middle = "\n".join(body.splitlines()[3:10])
+    assert redactor.redact(f"part:\n{middle}\nok") == (f"part:\n{M('private_key')}\nok", {"private_key": 1})
