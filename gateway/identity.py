@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import re
+import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
 
 import anyio.to_thread
 import httpx
@@ -23,8 +25,16 @@ IAP_ASSERTION_HEADER = b"x-goog-iap-jwt-assertion"
 IAP_ISSUER = "https://cloud.google.com/iap"
 IAP_ALGORITHM = "ES256"
 
-# One `@`, no whitespace or control characters, a dotted domain: anything else is refused outright.
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z0-9-]+$")
+# Printable ASCII with one `@` and a dotted domain, matched against the whole string (`fullmatch`: `$` would let a
+# trailing newline through). Workspace addresses are ASCII; anything else is refused outright.
+_EMAIL = re.compile(r"[!-?A-~]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z0-9-]+")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold_case(text: str) -> str:
+    """Lower-case ASCII letters only: `str.lower` would also fold, say, the Kelvin sign U+212A into `k`, making
+    `\u212aate@` someone else's `kate@`. Everything else is kept as it is."""
+    return text.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +64,10 @@ class DomainNotAllowed(AuthenticationError):
 
 
 class IAPKeys:
-    """IAP's public keys (kid -> PEM), fetched once and refetched only when an unknown kid shows up or they age."""
+    """IAP's public keys (kid -> PEM), fetched once and refreshed when they age or an unknown kid shows up.
+
+    One fetch at a time, shared by everyone who needs it; each has a total deadline and a size cap. Known keys keep
+    verifying while a refresh runs: only a token whose kid is unknown (or the very first request) waits for one."""
 
     def __init__(
         self,
@@ -63,53 +76,76 @@ class IAPKeys:
         *,
         max_age: float = 3600.0,
         min_refetch_interval: float = 30.0,
+        fetch_deadline: float = 5.0,
+        max_bytes: int = 256 * 1024,
     ) -> None:
         self._client = client
         self._url = url
         self._max_age = max_age
         self._min_refetch_interval = min_refetch_interval
+        self._fetch_deadline = fetch_deadline
+        self._max_bytes = max_bytes
         self._keys: dict[str, str] = {}
         self._fetched_at = float("-inf")
-        self._unknown_kid_fetched_at = float("-inf")
-        self._lock = asyncio.Lock()
+        self._attempted_at = float("-inf")
+        self._fetch: asyncio.Task[None] | None = None
 
     async def for_kid(self, kid: str | None) -> Mapping[str, str]:
-        """Keys that can verify a token with this kid, refetching if the kid is new or the keys are old."""
-        stale = time.monotonic() - self._fetched_at > self._max_age
-        if stale or (kid is not None and kid not in self._keys):
-            await self._refetch(kid, stale=stale)
+        """Keys that can verify a token with this kid: the cached ones when they have it, else after a fetch."""
+        now = time.monotonic()
+        if self._keys and (kid is None or kid in self._keys):
+            if now - self._fetched_at > self._max_age and now - self._attempted_at >= self._min_refetch_interval:
+                self._start_fetch()  # in the background: the cached keys serve meanwhile
+            return self._keys
+        if self._fetch is None:
+            # A flood of tokens with made-up kids must not turn into a flood of fetches: after one fetch, the
+            # next waits out the interval (unless there are no keys at all).
+            if self._keys and now - self._attempted_at < self._min_refetch_interval:
+                return self._keys
+            self._start_fetch()
+        assert self._fetch is not None
+        await asyncio.shield(self._fetch)  # a waiter that gives up does not cancel the fetch for the others
+        if not self._keys:
+            raise AuthenticationError(
+                "The gateway cannot verify identity right now (IAP keys unavailable).",
+                status=503,
+                outcome="gateway_error",
+            )
         return self._keys
 
-    async def _refetch(self, kid: str | None, *, stale: bool) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            if stale and now - self._fetched_at <= self._max_age:
-                return  # another task refreshed while this one waited for the lock
-            if not stale:
-                if kid in self._keys:
-                    return
-                # A flood of tokens with made-up kids must not turn into a flood of fetches: after one
-                # fetch for an unknown kid, the next waits out the interval.
-                if now - self._unknown_kid_fetched_at < self._min_refetch_interval:
-                    return
-                self._unknown_kid_fetched_at = now
-            try:
-                response = await self._client.get(self._url, timeout=10.0)
-                response.raise_for_status()
-                keys = response.json()
-                if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
-                    raise ValueError("expected a JSON object of key id to PEM")
-            except (httpx.HTTPError, ValueError) as exc:
-                logger.error("could not fetch IAP keys from %s: %s", self._url, exc)
-                if not self._keys:
-                    raise AuthenticationError(
-                        "The gateway cannot verify identity right now (IAP keys unavailable).",
-                        status=503,
-                        outcome="gateway_error",
-                    ) from exc
-                return  # keep the last good keys
-            self._keys = keys
-            self._fetched_at = now
+    def _start_fetch(self) -> None:
+        self._attempted_at = time.monotonic()
+        self._fetch = asyncio.create_task(self._fetch_keys(), name="iap-keys-fetch")
+
+    async def _fetch_keys(self) -> None:
+        try:
+            async with asyncio.timeout(self._fetch_deadline):
+                keys = await self._download()
+        except Exception as exc:  # whatever went wrong, the last good keys stay and identity still fails closed
+            reason = f"no answer within {self._fetch_deadline:g} s" if isinstance(exc, TimeoutError) else exc
+            logger.error("could not fetch IAP keys from %s: %s", self._url, reason)
+            return  # keep the last good keys
+        finally:
+            self._fetch = None
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def _download(self) -> dict[str, str]:
+        headers = {"accept-encoding": "identity"}
+        async with self._client.stream("GET", self._url, headers=headers, timeout=self._fetch_deadline) as response:
+            response.raise_for_status()
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise ValueError(f"key file of {declared} bytes is over the {self._max_bytes}-byte cap")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > self._max_bytes:
+                    raise ValueError(f"key file is over the {self._max_bytes}-byte cap")
+        keys = json.loads(body)
+        if not isinstance(keys, dict) or not keys or not all(isinstance(v, str) for v in keys.values()):
+            raise ValueError("expected a JSON object of key id to PEM")
+        return keys
 
 
 class IAPVerifier:
@@ -128,7 +164,7 @@ class IAPVerifier:
             raise ValueError("at least one IAP audience is required")
         self._keys = keys
         self._audiences = list(audiences)
-        self._allowed_domains = frozenset(d.lower() for d in allowed_domains or ())
+        self._allowed_domains = frozenset(fold_case(d) for d in allowed_domains or ())
         self._clock_skew = clock_skew
         self._cache_size = cache_size
         # Verified assertions, for their lifetime: token -> (principal, exp).
@@ -159,13 +195,15 @@ class IAPVerifier:
         # Signature checks are CPU work: keep them off the event loop. Only cache misses get here.
         try:
             claims = await anyio.to_thread.run_sync(self._decode, token, dict(certs))
-        except (ValueError, google_exceptions.GoogleAuthError) as exc:
+        except (ValueError, TypeError, google_exceptions.GoogleAuthError) as exc:
+            # TypeError: google-auth does arithmetic on `iat` and `exp` as they come, e.g. a string.
             raise self._refuse("invalid assertion", exc) from None
 
+        expires = self._check_times(claims)
         principal = self._principal(claims)
         if len(self._verified) >= self._cache_size:
             self._evict()
-        self._verified[token] = (principal, float(cast(float, claims["exp"])))
+        self._verified[token] = (principal, expires)
         return principal
 
     def _decode(self, token: str, certs: dict[str, str]) -> Mapping[str, object]:
@@ -174,21 +212,34 @@ class IAPVerifier:
         )
         return claims
 
+    def _check_times(self, claims: Mapping[str, object]) -> float:
+        """The expiry, once `exp`, `iat` and `nbf` are plain finite numbers and `nbf` has come (google-auth checks
+        `exp` and `iat` but not `nbf`, and takes `true` or infinity for a number)."""
+        times: dict[str, float] = {}
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if value is None and name == "nbf":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise self._refuse(f"assertion `{name}` is not a number")
+            times[name] = float(value)
+        if "nbf" in times and times["nbf"] > time.time() + self._clock_skew:
+            raise self._refuse("assertion is not valid yet (nbf)")
+        return times["exp"]
+
     def _principal(self, claims: Mapping[str, object]) -> Principal:
         if claims.get("iss") != IAP_ISSUER:
             raise self._refuse(f"assertion issuer {claims.get('iss')!r} is not {IAP_ISSUER}")
-        if not isinstance(claims.get("exp"), int | float):
-            raise self._refuse("assertion has no expiry")
         email = claims.get("email")
         subject = claims.get("sub")
-        if not isinstance(email, str) or not _EMAIL.match(email):
+        if not isinstance(email, str) or not _EMAIL.fullmatch(email):
             raise self._refuse("assertion email is missing or malformed")
         if not isinstance(subject, str) or not subject:
             raise self._refuse("assertion has no subject")
         hosted_domain = claims.get("hd")
-        hosted_domain = hosted_domain.lower() if isinstance(hosted_domain, str) and hosted_domain else None
+        hosted_domain = fold_case(hosted_domain) if isinstance(hosted_domain, str) and hosted_domain else None
         principal = Principal(
-            email=email.lower(), subject=subject, domain=hosted_domain or email.rsplit("@", 1)[1].lower()
+            email=fold_case(email), subject=subject, domain=hosted_domain or fold_case(email.rsplit("@", 1)[1])
         )
         # `hd` is what proves a managed Workspace account; an address in the company's domain alone can
         # belong to an unmanaged consumer account, so the email's domain is not enough.

@@ -17,6 +17,7 @@ import google.auth.exceptions
 import google.auth.transport.requests
 import httpx
 
+from gateway.identity import fold_case
 from gateway.policy.groups import expand
 
 logger = logging.getLogger("gateway.policy.groups")
@@ -55,7 +56,7 @@ class CloudIdentityGroups:
         base_url: str = CLOUD_IDENTITY_URL,
         timeout: float = 10.0,
     ) -> None:
-        self._groups = sorted({group.lower() for group in groups})
+        self._groups = sorted({fold_case(group) for group in groups})
         self._credentials = credentials
         self._refresh_seconds = refresh_seconds
         self._retry_seconds = min(retry_seconds, refresh_seconds)
@@ -83,7 +84,7 @@ class CloudIdentityGroups:
         self._task = asyncio.create_task(self._run(), name="cloud-identity-groups")
 
     def groups_of(self, email: str) -> frozenset[str]:
-        return self._index.get(email.lower(), frozenset())
+        return self._index.get(fold_case(email), frozenset())
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -186,9 +187,9 @@ class CloudIdentityGroups:
                     continue
                 kind = membership.get("type")
                 if kind == "GROUP":
-                    nested.add(member.lower())
+                    nested.add(fold_case(member))
                 elif kind in _PERSON_TYPES:
-                    people.add(member.lower())
+                    people.add(fold_case(member))
             token = data.get("nextPageToken")
             if not token or token in seen_tokens:
                 break

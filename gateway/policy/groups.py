@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from gateway.identity import fold_case
+
 
 class GroupResolver(Protocol):
     """Answers from memory, so admission never waits on a directory; implementations refresh in the background."""
@@ -60,7 +62,7 @@ class StaticGroups:
         return None
 
     def groups_of(self, email: str) -> frozenset[str]:
-        return self._index.get(email.lower(), frozenset())
+        return self._index.get(fold_case(email), frozenset())
 
     async def aclose(self) -> None:
         return None

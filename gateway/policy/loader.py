@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.identity import fold_case
 from gateway.policy.model import BUDGET_FIELDS, CAPTURE_LEVELS, RULE_FIELDS, ModelPattern, Policy, Rule
 
 TOP_LEVEL_KEYS = ("version", "default", "groups", "users", "members")
@@ -142,7 +143,7 @@ class _Reader:
         rules: dict[str, Rule] = {}
         first_line: dict[str, int] = {}
         for key, (key_node, value_node) in entries.items():
-            email = key.strip().lower()
+            email = fold_case(key.strip())
             if not _EMAIL.match(email):
                 self.fail(key_node, f"{key!r} in `{section}` is not an email address ({kind} emails are the keys)")
                 continue
@@ -239,7 +240,7 @@ class _Reader:
             return {}
         members: dict[str, tuple[str, ...]] = {}
         for key, (key_node, value_node) in entries.items():
-            group = key.strip().lower()
+            group = fold_case(key.strip())
             if not _EMAIL.match(group):
                 self.fail(key_node, f"{key!r} in `members` is not a group email address")
                 continue
@@ -255,7 +256,7 @@ class _Reader:
                 if not isinstance(email, str) or not _EMAIL.match(email.strip()):
                     self.fail(item, f"{_shown(item, email)} in the members of {group} is not an email address")
                     continue
-                emails.append(email.strip().lower())
+                emails.append(fold_case(email.strip()))
             members[group] = tuple(emails)
         return members
 

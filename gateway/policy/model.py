@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from gateway.identity import fold_case
+
 LIMIT_FIELDS = (
     "requests_per_minute",
     "tokens_per_minute",
@@ -148,7 +150,7 @@ class Decision:
 def decide(policy: Policy, email: str, groups: frozenset[str] | set[str]) -> Decision:
     """The rules that apply to `email`, who is in `groups`, combined: most generous across groups, then the
     user's override on top; the default rule only for someone in no group with a rule."""
-    email = email.lower()
+    email = fold_case(email)
     matched = sorted(group for group in groups if group in policy.groups)
     base: list[Rule] = [policy.groups[group] for group in matched]
     if not base and policy.default is not None:

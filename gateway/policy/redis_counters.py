@@ -35,15 +35,22 @@ WINDOW_MS = int(WINDOW * 1000)
 # A request's concurrency slot lives this long unless renewed; the instance holding it renews it every third of
 # that, so a slot held by an instance that died frees itself within this time.
 LEASE_TTL_MS = 90_000
+# How long a cancelled admission's mark lives: longer than any admission script can sit in a socket buffer or a
+# frozen server before it runs (it does nothing once it finds the mark).
+CANCELLED_TTL_MS = 600_000
+# Admissions given up on and not yet cancelled in Redis; beyond this the oldest are forgotten (their leases expire).
+MAX_ABANDONED = 10_000
 DAY_TTL = 2 * 86_400 + 3_600
 MONTH_TTL = 40 * 86_400
 
-# KEYS: 1 admissions log, 2 tokens log, 3 spend today, 4 spend this month, 5 in-flight leases.
+# KEYS: 1 admissions log, 2 tokens log, 3 spend today, 4 spend this month, 5 in-flight leases, 6 this request's
+#       cancellation mark.
 # ARGV: 1 now (ms), 2 request id, 3 rpm, 4 tpm, 5 daily budget, 6 monthly budget (micro-dollars), 7 max in flight,
 #       8 lease ttl (ms). A limit of -1 is no limit.
 # Returns {} when admitted, else {limit, amount used, ms when it frees up or -1}. Checks first, writes after:
-# a refused request changes nothing.
+# a refused request changes nothing, and neither does one the gateway cancelled before the script got to run.
 ACQUIRE = """
+if redis.call('EXISTS', KEYS[6]) == 1 then return {'cancelled', 0, -1} end
 local now = tonumber(ARGV[1])
 local since = now - 60000
 local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -105,8 +112,11 @@ class RedisCounters:
     """Counters every instance shares. Each key carries a TTL, so nothing outlives its use.
 
     Time is each instance's clock (Cloud Run instances are NTP-synchronised to well under the 60 s windows).
-    After a failure the store is not tried again for `cooldown` seconds, so an outage costs no request more
-    than one timeout."""
+
+    No request waits on Redis for more than `timeout` in all (connecting, the retry of a dropped connection and the
+    command together). The first call that fails opens a circuit: calls already waiting give up at once, and none
+    is tried for `cooldown` seconds. An admission given up on may still run when Redis comes back, so it is
+    cancelled there (`_cancel_abandoned`) before anything else is asked of Redis: it never holds a slot."""
 
     name = "redis"
 
@@ -123,22 +133,26 @@ class RedisCounters:
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            # One immediate retry covers a pooled connection the server closed; more would only add latency.
+            # One immediate retry covers a pooled connection the server closed; it shares the call's one timeout.
             retry=Retry(NoBackoff(), 1),
             health_check_interval=30,
         )
         self._acquire = self._redis.register_script(ACQUIRE)
         self._prefix = prefix
+        self._timeout = timeout
         self._cooldown = cooldown
         self._lease_ttl_ms = lease_ttl_ms
         self._down_until = 0.0
+        self._waiting: set[asyncio.Timeout] = set()  # the deadlines of calls in progress, cut short when one fails
         self._held: dict[str, str] = {}  # request id -> user, for renewing concurrency leases
+        # Request id -> (user, whether the admission itself is undone or only its lease), oldest first.
+        self._abandoned: dict[str, tuple[str, bool]] = {}
         self._renewer: asyncio.Task[None] | None = None
         pool_kwargs = self._redis.connection_pool.connection_kwargs
         self.where = f"{pool_kwargs.get('host', pool_kwargs.get('path', '?'))}:{pool_kwargs.get('port', '')}"
 
     async def start(self) -> None:
-        self._renewer = asyncio.create_task(self._renew_leases(), name="redis-lease-renewal")
+        self._renewer = asyncio.create_task(self._upkeep(), name="redis-lease-upkeep")
         try:
             await self._call(self._redis.ping)
             logger.info("policy counters: Redis at %s answers", self.where)
@@ -152,6 +166,9 @@ class RedisCounters:
         return [f"{base}:req", f"{base}:tok", f"{base}:usd:{day_of(now)}", f"{base}:usd:{month_of(now)}",
                 f"{base}:inflight"]
 
+    def _cancel_key(self, user: str, request_id: str) -> str:
+        return f"{self._prefix}:{{{user}}}:cancelled:{request_id}"
+
     async def acquire(self, user: str, request_id: str, quota: Quota, now: float) -> Exceeded | None:
         args: list[int | str] = [
             int(now * 1000),
@@ -163,13 +180,21 @@ class RedisCounters:
             _limit(quota.max_concurrent_requests),
             self._lease_ttl_ms,
         ]
-        keys = self._keys(user, now)
-        result: list[Any] = await self._call(lambda: self._acquire(keys=keys, args=args))
+        keys = [*self._keys(user, now), self._cancel_key(user, request_id)]
+
+        async def admit() -> list[Any]:
+            if self._abandoned:
+                await self._cancel_abandoned()
+            return list(await self._acquire(keys=keys, args=args))
+
+        result = await self._call(admit, abandoned=(user, request_id, True))
         if not result:
             if quota.max_concurrent_requests is not None:
                 self._held[request_id] = user
             return None
         limit = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
+        if limit == "cancelled":  # only an id the gateway already gave up on could get here
+            raise CountersUnavailable(f"admission {request_id} was cancelled")
         used, free_at_ms = int(result[1]), int(result[2])
         retry_at: float | None = free_at_ms / 1000 if free_at_ms >= 0 else None
         if limit == "daily_budget_usd":
@@ -179,7 +204,7 @@ class RedisCounters:
         return Exceeded(limit, used, retry_at)
 
     async def settle(self, user: str, request_id: str, now: float, *, tokens: int, micros: int) -> None:
-        # Forget the lease first: if Redis is away it expires there on its own, and must not be renewed forever.
+        # Forget the lease first: if Redis is away it is released later (or expires), and is never renewed again.
         held = self._held.pop(request_id, None) is not None
         if not (held or tokens > 0 or micros > 0):
             return
@@ -199,7 +224,7 @@ class RedisCounters:
                     pipe.zrem(inflight, request_id)
                 await pipe.execute()
 
-        await self._call(write)
+        await self._call(write, abandoned=(user, request_id, False) if held else None)
 
     async def snapshot(self, user: str, now: float) -> Snapshot:
         requests_log, tokens_log, day, month, inflight = self._keys(user, now)
@@ -223,6 +248,11 @@ class RedisCounters:
             in_flight=int(in_flight),
         )
 
+    @property
+    def abandoned(self) -> int:
+        """Admissions and leases given up on that are not yet cancelled in Redis."""
+        return len(self._abandoned)
+
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
@@ -230,28 +260,83 @@ class RedisCounters:
                 await self._renewer
         await self._redis.aclose()
 
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, operation: Callable[[], Awaitable[T]], *, abandoned: tuple[str, str, bool] | None = None
+    ) -> T:
+        """Run one operation within the one timeout, unless the circuit is open. `abandoned` names the admission
+        or lease to cancel later if the operation was sent but its answer never came."""
         if time.monotonic() < self._down_until:
             raise CountersUnavailable(f"Redis at {self.where} did not answer a moment ago")
         try:
-            return await operation()
+            async with asyncio.timeout(self._timeout) as deadline:
+                self._waiting.add(deadline)
+                try:
+                    return await operation()
+                finally:
+                    self._waiting.discard(deadline)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._down_until = time.monotonic() + self._cooldown
+            self._note_abandoned(abandoned)
+            self._trip(exc)
+            raise CountersUnavailable(f"Redis at {self.where}: {exc or type(exc).__name__}") from exc
+        except BaseException:  # cancelled with the request: its command may still run
+            self._note_abandoned(abandoned)
+            raise
+
+    def _trip(self, exc: BaseException) -> None:
+        """Open the circuit, and end the wait of every call in progress now rather than at its own timeout."""
+        now = time.monotonic()
+        was_closed = now >= self._down_until
+        self._down_until = max(self._down_until, now + self._cooldown)
+        loop_now = asyncio.get_running_loop().time()
+        for deadline in list(self._waiting):
+            with contextlib.suppress(RuntimeError):  # already expiring on its own
+                deadline.reschedule(loop_now)
+        if was_closed:
             logger.error(
                 "policy counters: Redis at %s failed (%s: %s); not trying again for %.0f s",
                 self.where, type(exc).__name__, exc, self._cooldown,
             )
-            raise CountersUnavailable(f"Redis at {self.where}: {exc}") from exc
 
-    async def _renew_leases(self) -> None:
+    def _note_abandoned(self, abandoned: tuple[str, str, bool] | None) -> None:
+        if abandoned is None:
+            return
+        user, request_id, admission = abandoned
+        self._held.pop(request_id, None)
+        self._abandoned[request_id] = (user, admission)
+        if len(self._abandoned) > MAX_ABANDONED:
+            forgotten = next(iter(self._abandoned))
+            del self._abandoned[forgotten]
+            logger.warning("policy counters: too many abandoned admissions; %s is left to expire", forgotten)
+
+    async def _cancel_abandoned(self) -> None:
+        """Cancel in Redis what the gateway gave up on: the mark first, so a script still to come does nothing,
+        then the lease and admission a script that already ran took. Either order of the two is safe."""
+        batch = list(self._abandoned.items())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, (user, admission) in batch:
+                requests_log, inflight = self._keys(user, 0)[0], self._keys(user, 0)[4]
+                pipe.set(self._cancel_key(user, request_id), b"1", px=CANCELLED_TTL_MS)
+                pipe.zrem(inflight, request_id)
+                if admission:
+                    pipe.zrem(requests_log, request_id)
+            await pipe.execute()
+        for request_id, _ in batch:
+            self._abandoned.pop(request_id, None)
+        logger.info("policy counters: cancelled %d abandoned admission(s) in Redis", len(batch))
+
+    async def _upkeep(self) -> None:
+        """Renew the leases this instance holds, and cancel abandoned admissions once Redis answers again."""
+        renew_every = self._lease_ttl_ms / 3000
+        tick = min(renew_every, max(self._cooldown, 0.05))
+        renewed_at = time.monotonic()
         while True:
-            await asyncio.sleep(self._lease_ttl_ms / 3000)
-            if not self._held:
-                continue
-            try:
-                await self._call(functools.partial(self._renew, list(self._held.items())))
-            except CountersUnavailable:
-                pass  # logged; the leases expire on their own if Redis stays away
+            await asyncio.sleep(tick)
+            with contextlib.suppress(CountersUnavailable):  # logged; leases expire on their own if Redis stays away
+                if self._abandoned:
+                    await self._call(self._cancel_abandoned)
+                if self._held and time.monotonic() - renewed_at >= renew_every - tick / 2:
+                    renewed_at = time.monotonic()
+                    await self._call(functools.partial(self._renew, list(self._held.items())))
 
     async def _renew(self, held: list[tuple[str, str]]) -> None:
         expires = int(time.time() * 1000) + self._lease_ttl_ms
