@@ -88,6 +88,7 @@ class IAPKeys:
         self._keys: dict[str, str] = {}
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
+        self._unknown_kid_fetched_at = float("-inf")
         self._fetch: asyncio.Task[None] | None = None
 
     async def for_kid(self, kid: str | None) -> Mapping[str, str]:
@@ -98,10 +99,12 @@ class IAPKeys:
                 self._start_fetch()  # in the background: the cached keys serve meanwhile
             return self._keys
         if self._fetch is None:
-            # A flood of tokens with made-up kids must not turn into a flood of fetches: after one fetch, the
-            # next waits out the interval (unless there are no keys at all).
-            if self._keys and now - self._attempted_at < self._min_refetch_interval:
-                return self._keys
+            # A flood of tokens with made-up kids must not turn into a flood of fetches: after one fetch for an
+            # unknown kid, the next waits out the interval (unless there are no keys at all).
+            if self._keys:
+                if now - self._unknown_kid_fetched_at < self._min_refetch_interval:
+                    return self._keys
+                self._unknown_kid_fetched_at = now
             self._start_fetch()
         assert self._fetch is not None
         await asyncio.shield(self._fetch)  # a waiter that gives up does not cancel the fetch for the others

@@ -33,6 +33,9 @@ class Admission:
     """Whether `settle` adds the request's tokens and cost to the user's counters and gives back its slot."""
     capture: str = "none"
     """Prompt capture level for the person: none, metadata+ or full (gateway.policy.model.CAPTURE_LEVELS)."""
+    limits_checked: bool = True
+    """False when rates, budgets and concurrency could not be checked (the counters did not answer, fail-open);
+    `rule` then ends in `limits-unchecked`, so the audit row says so."""
 
 
 class PolicyRefusal(GatewayError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from gateway.identity import Principal
+from gateway.identity import Principal, fold_case
 from gateway.metering import Usage
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
 from gateway.policy.counters import MICROS, Counters, CountersUnavailable, Exceeded, Quota
@@ -24,7 +25,12 @@ MESSAGES = "/v1/messages"
 MODEL_PATHS = frozenset((MESSAGES, "/v1/messages/count_tokens"))
 CONCURRENCY_RETRY_AFTER = 2
 UNAVAILABLE_RETRY_AFTER = 5
+# Added to an admission's `rule` (so to the audit row's `policy_rule`) when it was let through with rates, budgets
+# and concurrency unchecked because the counters did not answer (fail-open).
+UNCHECKED = "limits-unchecked"
 _UNCHECKED_LOG_INTERVAL = 10.0
+# Settlements are written in the background; past this many waiting (a slow Redis), new ones are dropped and logged.
+_MAX_PENDING_SETTLEMENTS = 10_000
 
 
 class GroupPolicy:
@@ -50,6 +56,7 @@ class GroupPolicy:
         self._unchecked = 0
         self._unchecked_logged_at = float("-inf")
         self._unpriced: set[str] = set()
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.groups.start()
@@ -57,7 +64,7 @@ class GroupPolicy:
 
     def decide(self, email: str) -> Decision:
         """The groups, rules and effective limits for a person, as they stand now."""
-        return decide(self.policy, email, self.groups.groups_of(email.lower()))
+        return decide(self.policy, email, self.groups.groups_of(fold_case(email)))
 
     def allowed_models(self, principal: Principal) -> tuple[ModelPattern, ...] | None:
         """The model patterns a person may use (None: any), for the `/v1/models` listing."""
@@ -65,7 +72,7 @@ class GroupPolicy:
         return () if limits is None else limits.models
 
     async def admit(self, facts: RequestFacts) -> Admission:
-        email = facts.principal.email.lower()
+        email = fold_case(facts.principal.email)
         decision = self.decide(email)
         groups, rule = list(decision.groups), decision.rule
         limits = decision.limits
@@ -112,12 +119,21 @@ class GroupPolicy:
                     headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER)},
                 ) from None
             self._note_unchecked(exc)
-            return Admission(groups=groups, rule=rule, lease=lease, counted=True, capture=limits.capture)
+            return Admission(
+                groups=groups,
+                rule=f"{rule},{UNCHECKED}" if rule else UNCHECKED,
+                lease=lease,
+                counted=True,
+                capture=limits.capture,
+                limits_checked=False,
+            )
         if exceeded is not None:
             raise _refusal(exceeded, email, limits, now, groups, rule)
         return Admission(groups=groups, rule=rule, lease=lease, counted=True, capture=limits.capture)
 
     async def settle(self, facts: RequestFacts, admission: Admission, usage: Usage, cost_usd: float | None) -> None:
+        """Count the request and give back its slot, in the background: the counters never delay a response, nor
+        the next request on a kept-alive connection."""
         if not admission.counted or admission.lease is None:
             return
         # Tokens as Anthropic counts them against its own rate limits: cache reads are left out.
@@ -127,17 +143,30 @@ class GroupPolicy:
         if cost_usd is None and tokens and model not in self._unpriced:
             self._unpriced.add(model or "")
             logger.warning("policy: no price for model %s; its requests do not count toward budgets", model)
+        email = fold_case(facts.principal.email)
+        if len(self._settling) >= _MAX_PENDING_SETTLEMENTS:
+            logger.error("policy: usage of %s not counted (%d tokens, $%.6f): too many settlements waiting",
+                         email, tokens, micros / MICROS)
+            return
+        task = asyncio.create_task(self._settle(email, admission.lease, tokens, micros), name="policy-settle")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, email: str, lease: str, tokens: int, micros: int) -> None:
         try:
-            await self.counters.settle(
-                facts.principal.email.lower(), admission.lease, self._clock(), tokens=tokens, micros=micros
-            )
+            await self.counters.settle(email, lease, self._clock(), tokens=tokens, micros=micros)
         except CountersUnavailable as exc:
-            logger.error(
-                "policy: usage of %s not counted (%d tokens, $%.6f): %s",
-                facts.principal.email, tokens, micros / MICROS, exc,
-            )
+            logger.error("policy: usage of %s not counted (%d tokens, $%.6f): %s", email, tokens, micros / MICROS, exc)
+        except Exception:  # a background task: nothing else would see it
+            logger.exception("policy: settling the usage of %s failed", email)
+
+    async def drain(self) -> None:
+        """Wait for the settlements already started (each is bounded by the counters' timeout)."""
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
 
     async def aclose(self) -> None:
+        await self.drain()
         await self.groups.aclose()
         await self.counters.aclose()
 

@@ -345,7 +345,8 @@ def test_unreachable_redis_fails_open_by_default_and_keeps_auditing(
 
         assert statuses == [200, 200, 200]
         rows = stack.rows(3)
-        assert {(r["outcome"], r["policy_rule"]) for r in rows} == {("ok", "group:eng@example.com")}
+        # Each row says its limits were not checked.
+        assert {(r["outcome"], r["policy_rule"]) for r in rows} == {("ok", "group:eng@example.com,limits-unchecked")}
     assert "FAIL-OPEN" in caplog.text
 
 
