@@ -12,8 +12,9 @@ HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
-    """Closed, calls pass; after `threshold` failures in a row it opens for `cooldown` seconds, then lets one
-    trial call through (half-open): success closes it, failure opens it again. A threshold of 0 never opens."""
+    """Closed, calls pass; after `threshold` failures in a row it opens for `cooldown` seconds (less when the
+    failure said when to come back), then lets one trial call through (half-open): success closes it, failure opens
+    it again. A threshold of 0 never opens."""
 
     def __init__(self, threshold: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
@@ -21,6 +22,7 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at: float | None = None
+        self._open_for = cooldown
         self._trial = False
         self._held_until = 0.0
 
@@ -28,7 +30,7 @@ class CircuitBreaker:
     def state(self) -> str:
         if self._opened_at is None:
             return CLOSED
-        if self._trial or self._clock() - self._opened_at >= self.cooldown:
+        if self._trial or self._clock() - self._opened_at >= self._open_for:
             return HALF_OPEN
         return OPEN
 
@@ -50,24 +52,26 @@ class CircuitBreaker:
         self._trial = False
         return was_open
 
-    def failure(self) -> bool:
-        """Note a failure; True when this opened the circuit."""
+    def failure(self, retry_after: float | None = None) -> bool:
+        """Note a failure; True when this opened the circuit. An upstream that said when to come back
+        (`retry_after` seconds) is kept away no longer than that, nor than `cooldown`."""
         self._failures += 1
         if self._trial or (self.threshold and self._failures >= self.threshold and self._opened_at is None):
             self._opened_at = self._clock()
+            self._open_for = self.cooldown if retry_after is None else min(self.cooldown, retry_after)
             self._trial = False
             return True
         return False
 
     def release(self) -> None:
-        """A trial call ended without a verdict (the client left, or a 429): let the next call try."""
+        """A trial call ended without a verdict (the client left, or a 429 or 529): let the next call try."""
         self._trial = False
 
     def retry_in(self) -> float:
         """Seconds until the circuit lets a trial call through (0 when it would now)."""
         if self._opened_at is None:
             return 0.0
-        return max(0.0, self._opened_at + self.cooldown - self._clock())
+        return max(0.0, self._opened_at + self._open_for - self._clock())
 
     def hold(self, seconds: float) -> None:
         """Keep calls away for `seconds`, as the upstream asked with `retry-after`."""

@@ -10,9 +10,12 @@ tried last when nothing else is left, so one upstream alone behaves as without f
 `retry-after`, reach the client, whose own retries wait. Sleeping here would hold the client's connection and
 multiply the load the upstream asked to shed.
 
-Each upstream has a circuit breaker: `breaker_failures` failures in a row (connection failures, 5xx, 529; not
-429, which is a quota answer from a working upstream) open it for `breaker_cooldown` seconds, during which calls
-skip it; then one trial call decides. When every circuit is open the call fails fast with 503 and `retry-after`.
+Each upstream has a circuit breaker for a host that is down, not one that is busy: `breaker_failures` failures in a
+row (connection failures, 5xx other than 529) open it for `breaker_cooldown` seconds, or for the `retry-after` of
+the failure that opened it when that is shorter; calls skip it meanwhile, then one trial call decides. 429 and 529
+are a working upstream asking for patience: they are passed through with their `retry-after` (clients back off on
+their own) and never open the circuit, so an overload never shuts everyone out for longer than the upstream asked.
+When every circuit is open the call fails fast with 503 and `retry-after`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ logger = logging.getLogger("gateway.upstreams")
 
 FAILOVER_STATUSES = frozenset({429, 529}) | frozenset(range(500, 600))
 _HOLD_STATUSES = frozenset({429, 503, 529})
+# Busy, not broken: no verdict for the circuit breaker.
+_PATIENCE_STATUSES = frozenset({429, 529})
 # Error bodies are a few hundred bytes; a larger one is cut rather than held in memory whole.
 ERROR_BODY_LIMIT = 64 * 1024
 _DROPPED_FROM_BUFFERED = frozenset({b"content-length", b"transfer-encoding", b"content-encoding"})
@@ -102,11 +107,11 @@ class UpstreamRouter:
                 return result
             reason = f"HTTP {status}{_error_detail(error_body)}"
             retry_after = parse_retry_after(result.response.headers.get("retry-after"))
-            if status == 429:
+            if status in _PATIENCE_STATUSES:
                 breaker.release()
-                logger.warning("upstream %s: %s", upstream.name, reason)
+                logger.warning("upstream %s busy: %s", upstream.name, reason)
             else:
-                self._failed(upstream, breaker, reason)
+                self._failed(upstream, breaker, reason, retry_after)
             if retry_after is not None and status in _HOLD_STATUSES:
                 breaker.hold(min(retry_after, self.retry_after_max))
             answered = (result, len(failures))
@@ -128,10 +133,12 @@ class UpstreamRouter:
         response, body = await _buffered(response, upstream)
         return UpstreamResult(response=response, upstream=upstream.name), body
 
-    def _failed(self, upstream: Upstream, breaker: CircuitBreaker, reason: str) -> None:
-        if breaker.failure():
+    def _failed(
+        self, upstream: Upstream, breaker: CircuitBreaker, reason: str, retry_after: float | None = None
+    ) -> None:
+        if breaker.failure(retry_after):
             logger.error(
-                "upstream %s: circuit opened for %.0fs, last failure: %s", upstream.name, breaker.cooldown, reason
+                "upstream %s: circuit opened for %.0fs, last failure: %s", upstream.name, breaker.retry_in(), reason
             )
         else:
             logger.warning("upstream %s failed: %s", upstream.name, reason)

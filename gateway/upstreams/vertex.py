@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
 from gateway.errors import GatewayError, error_body
 from gateway.upstreams.base import UpstreamCall, UpstreamError
+from gateway.upstreams.body import dumps, loads_object
 from gateway.upstreams.models import ModelTable
 from gateway.upstreams.transport import UpstreamRequest
 
@@ -80,7 +81,7 @@ class VertexUpstream:
         self._betas = None if betas is None else frozenset(betas)
 
     async def build_request(self, call: UpstreamCall) -> UpstreamRequest:
-        data = _json_object(call.body)
+        data = loads_object(call.body)
         data.pop("anthropic_version", None)
         if call.path == "/v1/messages":
             model = data.pop("model", None) or call.model
@@ -102,7 +103,7 @@ class VertexUpstream:
         headers = self._headers(call.headers, betas) + [
             (k.encode(), v.encode()) for k, v in (await self._token.headers()).items()
         ]
-        return UpstreamRequest("POST", url, headers, orjson.dumps(data))
+        return UpstreamRequest("POST", url, headers, dumps(data))
 
     def _headers(self, incoming: list[tuple[bytes, bytes]], with_betas: bool) -> list[tuple[bytes, bytes]]:
         kept: list[tuple[bytes, bytes]] = []
@@ -148,13 +149,3 @@ def _segment(model: str) -> str:
     if not _MODEL_NAME.match(model):
         raise GatewayError(400, f"model: {model[:200]!r} is not a valid model id.", outcome="bad_request")
     return model
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"request body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UpstreamError("request body is not a JSON object")
-    return data

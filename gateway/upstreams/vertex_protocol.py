@@ -6,9 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import orjson
-
-from gateway.errors import GatewayError
+from gateway.upstreams.body import dumps, loads_object
 from gateway.upstreams.models import ModelTable
 
 # `ANTHROPIC_VERTEX_BASE_URL` normally ends in `/v1`, as Google's does; without it the paths still match.
@@ -35,9 +33,7 @@ class VertexPath:
 
     def anthropic_body(self, body: bytes, models: ModelTable) -> tuple[bytes, str | None]:
         """The body as Anthropic's API takes it (model in it, no `anthropic_version`), and the Anthropic model id."""
-        data = orjson.loads(body)
-        if not isinstance(data, dict):
-            raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
+        data = loads_object(body)
         data.pop("anthropic_version", None)
         if self.model is None:
             model = data.get("model")
@@ -45,13 +41,13 @@ class VertexPath:
                 model = data["model"] = models.to_anthropic(model)
             else:
                 model = None
-            return orjson.dumps(data), model
+            return dumps(data), model
         model = models.to_anthropic(self.model)
         data.pop("model", None)
         # The URL's method decides streaming, as it does on Vertex.
         data.pop("stream", None)
         shaped = {"model": model, **data, **({"stream": True} if self.stream else {})}
-        return orjson.dumps(shaped), model
+        return dumps(shaped), model
 
 
 def match_vertex_path(path: str) -> VertexPath | None:

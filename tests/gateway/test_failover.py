@@ -106,7 +106,7 @@ def test_529_then_200_gives_one_clean_stream_and_two_attempts(pair: Pair, caplog
     assert (row["upstream"], row["attempts"], row["outcome"]) == ("vertex", 2, "ok")
     assert row["upstream_failures"] == "anthropic: HTTP 529 overloaded_error: Overloaded"
     assert row["output_tokens"] == 2
-    assert "upstream anthropic failed: HTTP 529" in caplog.text
+    assert "upstream anthropic busy: HTTP 529" in caplog.text
     deadline = time.monotonic() + 5  # the access line is logged just after the audit row is queued
     while not (access := [r for r in caplog.records if r.name == "gateway.access"]) and time.monotonic() < deadline:
         time.sleep(0.01)
