@@ -224,7 +224,13 @@ class RedisCounters:
                     pipe.zrem(inflight, request_id)
                 await pipe.execute()
 
-        await self._call(write, abandoned=(user, request_id, False) if held else None)
+        try:
+            await self._call(write)
+        except BaseException:
+            # Sent or not (the circuit may be open), the lease must not outlive the request: cancel it later.
+            if held:
+                self._note_abandoned((user, request_id, False))
+            raise
 
     async def snapshot(self, user: str, now: float) -> Snapshot:
         requests_log, tokens_log, day, month, inflight = self._keys(user, now)
@@ -276,13 +282,14 @@ class RedisCounters:
                     self._waiting.discard(deadline)
         except (RedisError, OSError, TimeoutError) as exc:
             self._note_abandoned(abandoned)
-            self._trip(exc)
-            raise CountersUnavailable(f"Redis at {self.where}: {exc or type(exc).__name__}") from exc
+            reason = f"{type(exc).__name__}: {str(exc) or f'no answer within {self._timeout:g} s'}"
+            self._trip(reason)
+            raise CountersUnavailable(f"Redis at {self.where}: {reason}") from exc
         except BaseException:  # cancelled with the request: its command may still run
             self._note_abandoned(abandoned)
             raise
 
-    def _trip(self, exc: BaseException) -> None:
+    def _trip(self, reason: str) -> None:
         """Open the circuit, and end the wait of every call in progress now rather than at its own timeout."""
         now = time.monotonic()
         was_closed = now >= self._down_until
@@ -293,8 +300,8 @@ class RedisCounters:
                 deadline.reschedule(loop_now)
         if was_closed:
             logger.error(
-                "policy counters: Redis at %s failed (%s: %s); not trying again for %.0f s",
-                self.where, type(exc).__name__, exc, self._cooldown,
+                "policy counters: Redis at %s failed (%s); not trying again for %g s",
+                self.where, reason, self._cooldown,
             )
 
     def _note_abandoned(self, abandoned: tuple[str, str, bool] | None) -> None:
