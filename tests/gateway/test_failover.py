@@ -9,6 +9,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import orjson
 import pytest
@@ -278,15 +279,85 @@ def test_a_held_upstream_is_still_tried_when_nothing_else_is_left(stack: Stack) 
     assert [r["attempts"] for r in stack.rows(2)] == [1, 1]
 
 
-def test_429_does_not_open_the_circuit(make_pair: Any) -> None:
+@pytest.mark.parametrize("status", [429, 529])
+def test_429_and_529_do_not_open_the_circuit(make_pair: Any, status: int) -> None:
+    """Busy is not down: the upstream is asked again next time, however many times it said so."""
     with make_pair(breaker_failures=1) as pair:
-        pair.anthropic.reply = lambda seen: overloaded(429)  # no retry-after: nothing is held either
+        pair.anthropic.reply = lambda seen: overloaded(status)  # no retry-after: nothing is held either
         pair.vertex.reply = lambda seen: Reply(200, VERTEX_SSE, stream_events(["v"]))
 
-        pair.post()
-        pair.post()
+        for _ in range(4):
+            assert pair.post().status_code == 200  # served by Vertex
 
-        assert len(pair.anthropic.requests) == 2
+        assert len(pair.anthropic.requests) == 4
+        assert all(row["upstream_failures"].startswith(f"anthropic: HTTP {status}") for row in pair.gateway.rows(4))
+
+
+# An overload is not an outage: one upstream answering a burst of 529s with retry-after.
+
+
+def test_a_burst_of_529s_passes_their_retry_after_through_and_shuts_nobody_out(make_stack: StackFactory) -> None:
+    """Before, the fifth 529 in a row opened the circuit and everyone got 503 `retry-after: 30` for 30 s."""
+    with make_stack() as stack:  # the default breaker: 5 failures, 30 s
+        burst = 8
+        answers = iter([overloaded(529, **{"retry-after": "13"})] * burst)
+        stack.upstream.reply = lambda seen: next(answers, Reply(200, SSE_HEADERS, stream_events(["back"])))
+        client = anthropic.Anthropic(
+            base_url=stack.url,
+            api_key="placeholder-not-a-real-key",
+            default_headers={"x-goog-iap-jwt-assertion": stack.assertion("ada@example.com")},
+            max_retries=0,  # the gateway's answer as it is; Claude Code would wait the retry-after and try again
+        )
+        try:
+            refusals = []
+            for _ in range(burst):
+                with pytest.raises(anthropic.OverloadedError) as refused:
+                    client.messages.create(
+                        model="claude-sonnet-4-5", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+                    )
+                refusals.append(refused.value)
+        finally:
+            client.close()
+
+        assert [r.response.headers["retry-after"] for r in refusals] == ["13"] * burst
+        assert {r.body["error"]["type"] for r in refusals if isinstance(r.body, dict)} == {"overloaded_error"}
+        assert len(stack.upstream.requests) == burst  # every one reached the upstream: no circuit opened
+
+        # The upstream has recovered: the next person is served at once, not held out for a cool-down.
+        headers = {"content-type": "application/json", **stack.headers("grace@example.com")}
+        served = httpx.post(stack.url + "/v1/messages", content=orjson.dumps(REQUEST), headers=headers, timeout=10)
+        assert served.status_code == 200
+        rows = stack.rows(burst + 1)
+        assert [(r["status_code"], r["outcome"], r["attempts"]) for r in rows[:burst]] == [
+            (529, "upstream_error", 1)
+        ] * burst
+        assert (rows[-1]["status_code"], rows[-1]["outcome"]) == (200, "ok")
+
+
+def test_5xx_opens_the_circuit_no_longer_than_the_upstreams_retry_after(make_stack: StackFactory) -> None:
+    with make_stack(breaker_failures=2, breaker_cooldown_seconds=30) as stack:
+        stack.upstream.reply = lambda seen: overloaded(503, **{"retry-after": "3"})
+        headers = {"content-type": "application/json", **stack.headers()}
+
+        def post() -> httpx.Response:
+            return httpx.post(stack.url + "/v1/messages", content=orjson.dumps(REQUEST), headers=headers, timeout=10)
+
+        relayed = [post() for _ in range(2)]  # the upstream's own 503s: two failures open the circuit
+        fast = post()
+
+        assert [r.headers["retry-after"] for r in relayed] == ["3", "3"]
+        assert fast.status_code == 503 and "not sending to them for now" in fast.json()["error"]["message"]
+        assert 1 <= int(fast.headers["retry-after"]) <= 3  # what the upstream asked for, not the 30 s cool-down
+        assert len(stack.upstream.requests) == 2
+
+        stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["back"]))
+        statuses = []
+        for _ in range(100):  # bounded: the circuit lets a trial through about 3 s after it opened
+            time.sleep(0.1)
+            statuses.append(post().status_code)
+            if statuses[-1] == 200:
+                break
+        assert statuses[-1] == 200 and set(statuses) <= {200, 503}
 
 
 def test_vertex_credentials_failure_fails_over_to_anthropic(make_pair: Any, google: FakeGoogleOAuth) -> None:
@@ -344,6 +415,18 @@ def test_breaker_states() -> None:
     assert breaker.allow() is True
     assert breaker.success() is True
     assert breaker.state == CLOSED
+
+
+def test_breaker_opened_by_a_failure_with_retry_after_stays_open_no_longer() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=30, clock=clock)
+
+    assert breaker.failure(retry_after=5) is True
+    assert breaker.retry_in() == 5 and breaker.state == OPEN
+    clock.now += 5
+    assert breaker.state == HALF_OPEN and breaker.allow()
+    assert breaker.failure() is True  # the trial failed, without retry-after: the full cool-down
+    assert breaker.retry_in() == 30
 
 
 def test_breaker_with_threshold_zero_never_opens() -> None:
