@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -87,7 +88,7 @@ class IAPKeys:
         self._max_bytes = max_bytes
         self._keys: dict[str, str] = {}
         self._fetched_at = float("-inf")
-        self._attempted_at = float("-inf")
+        self._failed_at = float("-inf")
         self._unknown_kid_fetched_at = float("-inf")
         self._fetch: asyncio.Task[None] | None = None
 
@@ -95,8 +96,10 @@ class IAPKeys:
         """Keys that can verify a token with this kid: the cached ones when they have it, else after a fetch."""
         now = time.monotonic()
         if self._keys and (kid is None or kid in self._keys):
-            if now - self._fetched_at > self._max_age and now - self._attempted_at >= self._min_refetch_interval:
-                self._start_fetch()  # in the background: the cached keys serve meanwhile
+            stale = now - self._fetched_at > self._max_age
+            # In the background: the cached keys serve meanwhile. After a failed refresh, wait before the next.
+            if stale and self._fetch is None and now - self._failed_at >= self._min_refetch_interval:
+                self._start_fetch()
             return self._keys
         if self._fetch is None:
             # A flood of tokens with made-up kids must not turn into a flood of fetches: after one fetch for an
@@ -116,8 +119,15 @@ class IAPKeys:
             )
         return self._keys
 
+    async def aclose(self) -> None:
+        """Stop a fetch in flight (before its HTTP client closes)."""
+        fetch = self._fetch
+        if fetch is not None:
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetch
+
     def _start_fetch(self) -> None:
-        self._attempted_at = time.monotonic()
         self._fetch = asyncio.create_task(self._fetch_keys(), name="iap-keys-fetch")
 
     async def _fetch_keys(self) -> None:
@@ -127,6 +137,7 @@ class IAPKeys:
         except Exception as exc:  # whatever went wrong, the last good keys stay and identity still fails closed
             reason = f"no answer within {self._fetch_deadline:g} s" if isinstance(exc, TimeoutError) else exc
             logger.error("could not fetch IAP keys from %s: %s", self._url, reason)
+            self._failed_at = time.monotonic()
             return  # keep the last good keys
         finally:
             self._fetch = None

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from gateway.dev.iap import AssertionSigner
+from gateway.identity import fold_case
 from tests.gateway.conftest import AUDIENCE, Stack, StackFactory
 from tests.support.anthropic_sse import JSON_HEADERS, message_json
 from tests.support.servers import Reply
@@ -66,6 +67,17 @@ FORGERIES: dict[str, Callable[[AssertionSigner], str | None]] = {
     "two-at-signs": lambda s: s.sign("ada@evil.com@example.com", audience=AUDIENCE),
     "no-email": lambda s: AssertionSigner.sign(s, "", audience=AUDIENCE),
     "email-with-newline": lambda s: s.sign("ada@example.com\nx-admin: 1", audience=AUDIENCE),
+    "email-with-trailing-newline": lambda s: s.sign("ada@example.com\n", audience=AUDIENCE, hd="example.com"),
+    # U+212A KELVIN SIGN: `str.lower` makes it `kate@`, someone else with rules of her own.
+    "email-with-kelvin-sign": lambda s: s.sign("\u212aate@example.com", audience=AUDIENCE, hd="example.com"),
+    "email-with-non-ascii-letters": lambda s: s.sign("ad\u00e4@example.com", audience=AUDIENCE, hd="example.com"),
+    "string-exp": lambda s: s.sign("ada@example.com", audience=AUDIENCE, exp=str(int(time.time()) + 600)),
+    "infinite-exp": lambda s: s.sign("ada@example.com", audience=AUDIENCE, exp=float("inf")),
+    "boolean-iat": lambda s: s.sign("ada@example.com", audience=AUDIENCE, iat=True),
+    "string-iat": lambda s: s.sign("ada@example.com", audience=AUDIENCE, iat=str(int(time.time()))),
+    "not-valid-before-an-hour-from-now": lambda s: s.sign("ada@example.com", audience=AUDIENCE,
+                                                          nbf=int(time.time()) + 3600),
+    "string-nbf": lambda s: s.sign("ada@example.com", audience=AUDIENCE, nbf=str(int(time.time()))),
 }
 
 
@@ -90,6 +102,22 @@ def test_bad_assertion_is_refused_logged_audited_and_never_relayed(
     assert (row["status_code"], row["outcome"], row["user_email"]) == (401, "unauthenticated", None)
     if token:
         assert any(r.levelname == "WARNING" for r in caplog.records), caplog.text
+
+
+def test_assertion_valid_from_a_moment_ago_is_accepted(stack: Stack) -> None:
+    stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
+    token = stack.signer.sign("ada@example.com", audience=AUDIENCE, hd="example.com", nbf=int(time.time()) - 5)
+
+    response = httpx.post(stack.url + "/v1/messages", content=BODY,
+                          headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token})
+
+    assert response.status_code == 200
+
+
+def test_case_folding_touches_ascii_letters_only() -> None:
+    assert fold_case("Ada.Lovelace@Example.COM") == "ada.lovelace@example.com"
+    assert fold_case("\u212aATE@Example.com") == "\u212aate@example.com"  # not kate@example.com
+    assert fold_case("\u00c4DA@example.com") == "\u00c4da@example.com"
 
 
 def test_unsigned_identity_headers_alone_are_not_trusted(stack: Stack) -> None:

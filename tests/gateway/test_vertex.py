@@ -308,6 +308,52 @@ def test_vertex_protocol_request_is_served_by_anthropic_as_the_same_message(stac
     assert row["output_tokens"] == 1
 
 
+# A string a JavaScript client cut mid-emoji: valid JSON to the standard library, not to orjson.
+LONE_SURROGATE = (
+    b'{"anthropic_version":"vertex-2023-10-16","max_tokens":64,'
+    b'"messages":[{"role":"user","content":"cut \\ud83d"}]}'
+)
+
+
+def test_vertex_protocol_body_with_a_lone_surrogate_is_relayed_not_a_500(stack: Stack) -> None:
+    stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
+    headers = {"content-type": "application/json", **stack.headers()}
+
+    response = httpx.post(stack.url + CLIENT_PREFIX + "claude-haiku-4-5@20251001:rawPredict", content=LONE_SURROGATE,
+                          headers=headers, timeout=10)
+
+    assert response.status_code == 200
+    seen = stack.upstream.requests[-1].body
+    assert b'"cut \\ud83d"' in seen  # the same escape reaches the upstream
+    assert seen.startswith(b'{"model":"claude-haiku-4-5"')
+    assert stack.rows(1)[0]["outcome"] == "ok"
+
+
+def test_body_with_a_lone_surrogate_reaches_vertex_ai_not_a_502(vstack: VertexStack) -> None:
+    vstack.vertex.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
+    body = b'{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"cut \\ud83d"}]}'
+
+    response = vstack.post(body)
+
+    assert response.status_code == 200
+    assert b'"cut \\ud83d"' in vstack.vertex.requests[-1].body
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"max_tokens": 64,', b"[1, 2]", b'"text"', b'{"messages": [' * 5000 + b"]" * 5000 + b"}"]
+)
+def test_vertex_protocol_body_that_is_not_a_json_object_is_a_400(stack: Stack, body: bytes) -> None:
+    headers = {"content-type": "application/json", **stack.headers()}
+
+    response = httpx.post(stack.url + CLIENT_PREFIX + "claude-haiku-4-5@20251001:rawPredict", content=body,
+                          headers=headers, timeout=10)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert stack.upstream.requests == []
+    assert stack.rows(1)[0]["outcome"] == "bad_request"
+
+
 def test_raw_predict_is_unstreamed_whatever_the_body_says(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
 
