@@ -321,7 +321,7 @@ class RedisCounters:
         batch = list(self._abandoned.items())
         async with self._redis.pipeline(transaction=False) as pipe:
             for request_id, (user, admission) in batch:
-                requests_log, inflight = self._keys(user, 0)[0], self._keys(user, 0)[4]
+                requests_log, _, _, _, inflight = self._keys(user, 0)  # the spend keys are not needed
                 pipe.set(self._cancel_key(user, request_id), b"1", px=CANCELLED_TTL_MS)
                 pipe.zrem(inflight, request_id)
                 if admission:
