@@ -55,7 +55,6 @@ class GroupPolicy:
         self._clock = clock
         self._unchecked = 0
         self._unchecked_logged_at = float("-inf")
-        self._unpriced: set[str] = set()
         self._settling: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -139,10 +138,6 @@ class GroupPolicy:
         # Tokens as Anthropic counts them against its own rate limits: cache reads are left out.
         tokens = (usage.input_tokens or 0) + (usage.cache_creation_input_tokens or 0) + (usage.output_tokens or 0)
         micros = max(0, round(cost_usd * MICROS)) if cost_usd is not None else 0
-        model = usage.model or facts.model
-        if cost_usd is None and tokens and model not in self._unpriced:
-            self._unpriced.add(model or "")
-            logger.warning("policy: no price for model %s; its requests do not count toward budgets", model)
         email = fold_case(facts.principal.email)
         if len(self._settling) >= _MAX_PENDING_SETTLEMENTS:
             logger.error("policy: usage of %s not counted (%d tokens, $%.6f): too many settlements waiting",
