@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import orjson
 
-from gateway.audit.record import AuditRecord
+from gateway.audit.record import SHUTDOWN, AuditRecord
 from gateway.errors import GatewayError, error_body
 from gateway.headers import canonical, client_response_headers, upstream_request_headers
 from gateway.identity import IAP_ASSERTION_HEADER, DomainNotAllowed
@@ -44,6 +44,9 @@ RELAYED: dict[str, str] = {
 }
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+# How long ending a cut response may take: a client that does not read must not hold up the shutdown.
+_CUT_SEND_SECONDS = 1.0
+_SHUTTING_DOWN = "The gateway instance is shutting down; retry the request."
 
 
 @dataclass(slots=True)
@@ -93,6 +96,20 @@ class _Response:
         await self.end()
 
 
+class _Cut:
+    """A relay under way, which the shutdown can cut: it cancels the relay's scope and says so."""
+
+    __slots__ = ("scope", "done")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+        self.done = False
+
+    def __call__(self) -> None:
+        self.done = True
+        self.scope.cancel()
+
+
 class GatewayEndpoint:
     """The ASGI app behind every path except `/healthz`: one audit row per request, whatever happens."""
 
@@ -104,6 +121,7 @@ class GatewayEndpoint:
         started_at = time.perf_counter()
         record = _new_record(scope)
         response = _Response(send, record, started_at)
+        gateway.in_flight += 1
         try:
             await self._handle(gateway, scope, receive, response, record)
         except GatewayError as exc:
@@ -115,12 +133,22 @@ class GatewayEndpoint:
             _note_error(record, 500, "gateway_error", "api_error", f"internal gateway error: {type(exc).__name__}")
             if not response.started:
                 await response.error(GatewayError(500, "Internal gateway error.", outcome="gateway_error"))
+        except asyncio.CancelledError:
+            # The server cancels what still runs when its graceful shutdown ends (the relay itself notes that
+            # and carries on): outside the relay, say so and end. The row below is written either way.
+            if not response.finished:
+                _note_error(record, record.status_code or 529, SHUTDOWN, "overloaded_error", _SHUTTING_DOWN)
+                with anyio.move_on_after(_CUT_SEND_SECONDS):
+                    if not response.started:
+                        await response.error(_shutdown_error())
+            raise
         finally:
             record.duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
             if response.capture is None:
                 gateway.writer.submit(record)
             else:
                 response.capture.submit(record)  # audits the request once its content row is built
+            gateway.in_flight -= 1
             if gateway.settings.access_log:
                 _log_access(record, gateway.settings.google_cloud_project)
 
@@ -181,6 +209,7 @@ class GatewayEndpoint:
                 # Answered from the model table: Vertex has no such endpoint, and the list is per caller.
                 await _send_json(response, await models_listing(gateway.models, gateway.policy, principal))
             else:
+                gateway.writer.admit(record)  # a crash from here on leaves the request visible as incomplete
                 usage = await self._relay(gateway, call, receive, response, record)
         finally:
             record.cost_usd = gateway.prices.cost(usage.model or parsed.model, usage)
@@ -189,8 +218,11 @@ class GatewayEndpoint:
     async def _relay(
         self, gateway: Gateway, call: UpstreamCall, receive: Any, response: _Response, record: AuditRecord
     ) -> Usage:
+        if gateway.cutting:
+            raise _shutdown_error()
         disconnected = False
         scope = anyio.CancelScope()
+        cut = _Cut(scope)
 
         async def watch_disconnect() -> None:
             nonlocal disconnected
@@ -203,6 +235,8 @@ class GatewayEndpoint:
         upstream_response: UpstreamResponse | None = None
         meter: SSEMeter | JSONMeter = JSONMeter()
         failure: GatewayError | None = None
+        feed = None
+        gateway.relays.add(cut)
         try:
             with scope:
                 try:
@@ -224,7 +258,6 @@ class GatewayEndpoint:
                 if event_stream:
                     meter = SSEMeter()
                 capture = response.capture
-                feed = None
                 if capture is not None and capture.wants_response:
                     capture.start(event_stream)
                     feed = capture.feed
@@ -245,7 +278,15 @@ class GatewayEndpoint:
                         if feed is not None:
                             feed(error_event)
                         await response.body(error_event)
+        except asyncio.CancelledError:
+            # The server's graceful shutdown ran out and it cancels what still runs: the bookkeeping below (tokens,
+            # cost, the budget's settlement, the row) must still happen, so the cancellation ends here.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            cut.done = True
         finally:
+            gateway.relays.discard(cut)
             watcher.cancel()
             if upstream_response is not None:
                 with anyio.CancelScope(shield=True):
@@ -259,6 +300,8 @@ class GatewayEndpoint:
             record.error_message = "client went away before the response was complete"
             if not response.started:
                 record.status_code = 499
+        elif cut.done:
+            await _end_cut(response, record, isinstance(meter, SSEMeter), feed)
         elif failure is not None:
             _note_error(record, record.status_code, "upstream_error", failure.error_type, failure.message)
             await response.end()
@@ -267,8 +310,41 @@ class GatewayEndpoint:
                 record.outcome = "upstream_error"
                 record.error_type = usage.error_type
                 record.error_message = usage.error_message
+            elif not usage.finished:
+                _note_error(record, record.status_code, "upstream_error", "api_error", _unfinished(usage, meter))
             await response.end()
         return usage
+
+
+async def _end_cut(response: _Response, record: AuditRecord, event_stream: bool, feed: Any) -> None:
+    """End a response the shutdown cut: an overloaded_error the client retries (an `event: error` once a stream
+    has started), and a row that says so, with the tokens the upstream reported so far."""
+    error = _shutdown_error()
+    status = record.status_code if response.started else error.status
+    _note_error(record, status, SHUTDOWN, error.error_type, "cut short by the gateway's shutdown; " + error.message)
+    with anyio.move_on_after(_CUT_SEND_SECONDS):
+        if not response.started:
+            await response.error(error)
+        else:
+            if event_stream:
+                event = _sse_error(error)
+                if feed is not None:
+                    feed(event)
+                await response.body(event)
+            await response.end()
+
+
+def _unfinished(usage: Usage, meter: SSEMeter | JSONMeter) -> str:
+    """Why a successful-looking reply is not one."""
+    if isinstance(meter, JSONMeter):
+        return "the upstream's reply is not a JSON object"
+    if not usage.started:
+        return "the upstream's event stream never started (no message_start)"
+    return "the upstream's event stream ended before message_stop"
+
+
+def _shutdown_error() -> GatewayError:
+    return GatewayError(529, _SHUTTING_DOWN, outcome=SHUTDOWN, error_type="overloaded_error")
 
 
 async def _settle(

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from gateway.audit.record import STARTED
 from gateway.audit.schema import AUDIT_TABLE, Table
 
 TABLE = AUDIT_TABLE.sqlite_name
@@ -64,7 +65,8 @@ def _to_sqlite(row: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
 
 
 class SQLiteSink:
-    """Writes batches with one transaction each; a request id already present is not written twice."""
+    """Writes batches with one transaction each; a request id already present is not written twice (but a final
+row takes the place of the request's started row)."""
 
     name = "sqlite"
 
@@ -76,6 +78,14 @@ class SQLiteSink:
         names = table.names
         placeholders = ", ".join("?" for _ in names)
         self._insert = f"INSERT OR IGNORE INTO {table.sqlite_name} ({', '.join(names)}) VALUES ({placeholders})"
+        if "outcome" in names:
+            # One row per request: a request's final row replaces its started row, never the other way round.
+            name = table.sqlite_name
+            updates = ", ".join(f"{column} = excluded.{column}" for column in names if column != "request_id")
+            self._insert = (
+                f"INSERT INTO {name} ({', '.join(names)}) VALUES ({placeholders}) ON CONFLICT (request_id) DO UPDATE "
+                f"SET {updates} WHERE {name}.outcome = '{STARTED}' AND excluded.outcome != '{STARTED}'"
+            )
 
     async def open(self) -> None:
         try:

@@ -103,6 +103,8 @@ EXPECTED = Usage(
     cache_creation_input_tokens=1200,
     cache_read_input_tokens=18000,
     stop_reason="tool_use",
+    started=True,
+    finished=True,
 )
 
 
@@ -395,6 +397,8 @@ def test_json_message_response_reports_usage() -> None:
         cache_creation_input_tokens=0,
         cache_read_input_tokens=4096,
         stop_reason="end_turn",
+        started=True,
+        finished=True,
     )
 
 
@@ -411,14 +415,14 @@ def test_json_vertex_error_body_names_its_status() -> None:
 
 
 def test_json_count_tokens_response_sets_input_tokens() -> None:
-    assert json_meter(b'{"input_tokens": 2095}').usage == Usage(input_tokens=2095)
+    assert json_meter(b'{"input_tokens": 2095}').usage == Usage(input_tokens=2095, started=True, finished=True)
 
 
 def test_json_body_beyond_the_cap_is_dropped_without_error() -> None:
     body = json.dumps({"id": MESSAGE_ID, "content": "z" * 5000, "usage": {"input_tokens": 1}}).encode()
     m = json_meter(body, limit=1024)
     assert m.truncated
-    assert m.usage == Usage()
+    assert m.usage == Usage(started=True, finished=True)  # not judged: too large to hold
 
 
 def test_json_body_exactly_at_the_cap_is_read() -> None:
