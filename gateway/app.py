@@ -209,12 +209,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # `/healthz` for Cloud Run's probes; `/health` for checks over the service URL, where Google's front end
     # reserves some paths ending in `z`.
-    @app.get("/healthz", include_in_schema=False)
-    @app.get("/health", include_in_schema=False)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.api_route("/health", methods=["GET", "HEAD"], include_in_schema=False)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
     async def metrics() -> Response:
         """Audit counters for Prometheus or Cloud Monitoring: counts only, no user data."""
         return Response(prometheus_text(gateway.writer, gateway.capture), media_type=METRICS_CONTENT_TYPE)

@@ -88,6 +88,7 @@ class AuditWriter:
         self.counters = AuditCounters()
         self._queue: deque[tuple[float, Item]] = deque()  # (when queued, row)
         self._admissions: dict[str, Admission] = {}  # requests under way whose started row is still queued
+        self._moot = 0  # queued admissions whose request has ended: nothing to write
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -172,6 +173,7 @@ class AuditWriter:
             admission = self._admissions.pop(record.request_id, None)
             if admission is not None:
                 admission.settled = True
+                self._moot += 1
         if self._closed:
             self._log_fallback(_row(record), "audit writer already closed")
         elif len(self._queue) >= self._queue_size:
@@ -193,7 +195,7 @@ class AuditWriter:
     @property
     def pending(self) -> int:
         """Rows waiting in memory."""
-        return len(self._queue)
+        return len(self._queue) - self._moot
 
     @property
     def spill_pending(self) -> int:
@@ -222,6 +224,7 @@ class AuditWriter:
         if self._queue:
             left = [(row, 0) for row in (self._to_row(item) for _, item in self._queue) if row is not None]
             self._queue.clear()
+            self._moot = 0
             self._fail_over(left, f"{self.sink.name} did not take the rows within the shutdown budget")
         while self._spill.pending_rows and self._healthy and self._now() < deadline:
             await self._replay_batch(deadline)
@@ -409,6 +412,7 @@ class AuditWriter:
         """The row to write; None for an admission whose request has ended (its final row says it all)."""
         if isinstance(item, Admission):
             if item.settled:
+                self._moot -= 1
                 return None
             self._admissions.pop(item.record.request_id, None)
             return item.record.admission_row()

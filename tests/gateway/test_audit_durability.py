@@ -185,10 +185,11 @@ def test_sigkill_mid_traffic_during_an_outage_loses_only_rows_of_the_last_two_se
 
 def slow_stream(seconds: float = 20.0, interval: float = 0.25) -> Reply:
     """A Claude turn that takes `seconds`: message_start at once, then a text delta every `interval`."""
+    usage = {"input_tokens": STREAM_INPUT_TOKENS, "cache_read_input_tokens": STREAM_CACHE_READ,
+             "cache_creation_input_tokens": 0, "output_tokens": 1}
     start = event("message_start", {"type": "message_start", "message": {
         "id": "msg_slow", "type": "message", "role": "assistant", "model": SONNET, "content": [],
-        "stop_reason": None, "usage": {"input_tokens": STREAM_INPUT_TOKENS, "cache_read_input_tokens": STREAM_CACHE_READ,
-                                       "cache_creation_input_tokens": 0, "output_tokens": 1}}})
+        "stop_reason": None, "usage": usage}})
     block = event("content_block_start", {"type": "content_block_start", "index": 0,
                                           "content_block": {"type": "text", "text": ""}})
     delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,

@@ -19,7 +19,7 @@ import pytest
 from gateway.audit.record import AuditRecord
 from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
 from gateway.audit.spill import Spill, load_rows
-from gateway.audit.writer import MAX_ROUNDS, AuditWriter
+from gateway.audit.writer import AuditWriter
 from tests.gateway.conftest import Stack
 
 pytestmark = pytest.mark.anyio
