@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
+from gateway.access_log import log_access
 from gateway.audit.record import SHUTDOWN, AuditRecord
 from gateway.errors import GatewayError, error_body
-from gateway.headers import canonical, client_response_headers, upstream_request_headers
-from gateway.identity import IAP_ASSERTION_HEADER, DomainNotAllowed
+from gateway.headers import client_response_headers, upstream_request_headers
+from gateway.identity import DomainNotAllowed
+from gateway.intake import ParsedBody, iap_assertion, new_record, parse_body, read_body
 from gateway.metering import JSONMeter, SSEMeter, Usage
 from gateway.policy import Admission, PolicyRefusal, RequestFacts
 from gateway.upstreams import UpstreamCall, UpstreamUnavailable
@@ -30,7 +27,6 @@ if TYPE_CHECKING:
     from gateway.capture.pipeline import RequestCapture
 
 logger = logging.getLogger("gateway.proxy")
-access_logger = logging.getLogger("gateway.access")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -47,13 +43,6 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 # How long ending a cut response may take: a client that does not read must not hold up the shutdown.
 _CUT_SEND_SECONDS = 1.0
 _SHUTTING_DOWN = "The gateway instance is shutting down; retry the request."
-
-
-@dataclass(slots=True)
-class ParsedBody:
-    model: str | None = None
-    stream: bool = False
-    max_tokens: int | None = None
 
 
 class _Response:
@@ -119,7 +108,7 @@ class GatewayEndpoint:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         gateway = self._gateway
         started_at = time.perf_counter()
-        record = _new_record(scope)
+        record = new_record(scope)
         response = _Response(send, record, started_at)
         gateway.in_flight += 1
         try:
@@ -150,13 +139,13 @@ class GatewayEndpoint:
                 response.capture.submit(record)  # audits the request once its content row is built
             gateway.in_flight -= 1
             if gateway.settings.access_log:
-                _log_access(record, gateway.settings.google_cloud_project)
+                log_access(record, gateway.settings.google_cloud_project)
 
     async def _handle(
         self, gateway: Gateway, scope: Scope, receive: Any, response: _Response, record: AuditRecord
     ) -> None:
         try:
-            principal = await gateway.verifier.verify(_assertion(scope["headers"]))
+            principal = await gateway.verifier.verify(iap_assertion(scope["headers"]))
         except DomainNotAllowed as exc:
             _note_principal(record, exc.principal)
             raise
@@ -175,9 +164,9 @@ class GatewayEndpoint:
                 headers={"allow": expected_method},
             )
 
-        body = await _read_body(scope, receive, gateway.settings.max_body_bytes)
+        body = await read_body(scope, receive, gateway.settings.max_body_bytes)
         record.request_bytes = len(body)
-        parsed = _parse_body(scope, body) if method == "POST" else ParsedBody()
+        parsed = parse_body(scope, body) if method == "POST" else ParsedBody()
         query, headers = scope.get("query_string", b""), upstream_request_headers(scope["headers"])
         if vertex is not None:
             # A Vertex-protocol request becomes the same Anthropic request: any upstream serves it, one meter reads it.
@@ -356,110 +345,6 @@ async def _settle(
         logger.exception("policy settle failed")
 
 
-def _new_record(scope: Scope) -> AuditRecord:
-    record = AuditRecord(
-        request_id=str(uuid.uuid4()),
-        timestamp=datetime.now(UTC),
-        method=scope["method"],
-        path=scope["path"],
-    )
-    forwarded_for = None
-    for name, value in scope["headers"]:
-        # ASGI servers give lower-case names; only the exact spellings are read.
-        if name == b"user-agent":
-            record.user_agent = value.decode("latin-1")
-        elif name == b"x-claude-code-session-id":
-            record.session_id = value.decode("latin-1")
-        elif name == b"x-claude-code-agent-id":
-            record.agent_id = value.decode("latin-1")
-        elif name == b"x-claude-code-parent-agent-id":
-            record.parent_agent_id = value.decode("latin-1")
-        elif name == b"x-cloud-trace-context":
-            record.trace_id = value.decode("latin-1").split("/", 1)[0] or None
-        elif name == b"x-forwarded-for":
-            forwarded_for = value.decode("latin-1")
-    if forwarded_for:
-        # The last entry is the one Google's front end appended; earlier ones are the caller's to invent.
-        record.client_ip = forwarded_for.rsplit(",", 1)[-1].strip() or None
-    elif scope.get("client"):
-        record.client_ip = scope["client"][0]
-    return record
-
-
-def _assertion(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The one IAP assertion header; any other spelling, or a second copy, is refused."""
-    found: list[bytes] = []
-    for name, value in headers:
-        if name == IAP_ASSERTION_HEADER:
-            found.append(value)
-        elif canonical(name) == "x-goog-iap-jwt-assertion":
-            raise GatewayError(401, "Invalid IAP assertion (unexpected header spelling).", outcome="unauthenticated")
-    if len(found) > 1:
-        raise GatewayError(401, "Invalid IAP assertion (more than one).", outcome="unauthenticated")
-    return found[0].decode("latin-1") if found else None
-
-
-async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise GatewayError(400, "Invalid Content-Length header.", outcome="bad_request") from None
-            if declared > limit:
-                raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise GatewayError(499, "Client disconnected while sending the request.", outcome="client_disconnect")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _too_large(limit: int) -> GatewayError:
-    message = f"Request body is larger than the gateway's limit of {limit} bytes."
-    return GatewayError(413, message, outcome="bad_request")
-
-
-def _parse_body(scope: Scope, body: bytes) -> ParsedBody:
-    content_type = b""
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value.split(b";", 1)[0].strip().lower()
-    if content_type != b"application/json":
-        shown = content_type.decode("latin-1") or "none"
-        raise GatewayError(415, f"Content-Type must be application/json, not {shown}.", outcome="bad_request")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        data = _loads_lenient(body, exc)
-    if not isinstance(data, dict):
-        raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
-    model = data.get("model")
-    max_tokens = data.get("max_tokens")
-    return ParsedBody(
-        model=model if isinstance(model, str) else None,
-        stream=data.get("stream") is True,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
-    )
-
-
-def _loads_lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
-    """JSON orjson refuses only for a lone surrogate escape (`"\\ud83d"`, a string cut mid-emoji by a JavaScript
-    client) is still JSON the upstream may accept: the standard library reads it."""
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise GatewayError(400, f"Request body is not valid JSON: {error}", outcome="bad_request") from None
-
-
 def _upstream_failure(status: int, what: str, exc: Exception) -> GatewayError:
     detail = str(exc) or type(exc).__name__
     return GatewayError(status, f"The upstream {what}: {detail}", outcome="upstream_error")
@@ -503,37 +388,3 @@ def _note_usage(record: AuditRecord, usage: Usage) -> None:
     record.output_tokens = usage.output_tokens
     record.cache_creation_input_tokens = usage.cache_creation_input_tokens
     record.cache_read_input_tokens = usage.cache_read_input_tokens
-
-
-def _log_access(record: AuditRecord, project: str | None) -> None:
-    level = logging.INFO if record.status_code < 400 else logging.WARNING
-    if not access_logger.isEnabledFor(level):
-        return
-    extra: dict[str, Any] = {
-        "http_request": {
-            "requestMethod": record.method,
-            "requestUrl": record.path,
-            "status": record.status_code,
-            "latency": f"{(record.duration_ms or 0) / 1000:.6f}s",
-            "userAgent": record.user_agent,
-            "remoteIp": record.client_ip,
-            "requestSize": record.request_bytes,
-            "responseSize": record.response_bytes,
-        },
-        "json_fields": {
-            "request_id": record.request_id,
-            "user": record.user_email,
-            "outcome": record.outcome,
-            "model": record.served_model or record.requested_model,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "upstream": record.upstream,
-            "attempts": record.attempts,
-            "upstream_failures": record.upstream_failures,
-        },
-    }
-    if record.trace_id and project:
-        extra["trace"] = f"projects/{project}/traces/{record.trace_id}"
-    access_logger.log(
-        level, "%s %s %s %s", record.method, record.path, record.status_code, record.outcome, extra=extra
-    )
