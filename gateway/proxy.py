@@ -100,7 +100,7 @@ class _Cut:
 
 
 class GatewayEndpoint:
-    """The ASGI app behind every path except `/healthz`: one audit row per request, whatever happens."""
+    """The ASGI app behind every request but the probes: one audit row per request, whatever happens."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
