@@ -221,6 +221,9 @@ class SSEMeter:
                 name = name[1:]
             if name not in _WANTED and block.find(b"\nevent", eol) < 0:
                 return
+            if name == b"message_stop" and block.find(b"\nevent", eol) < 0:
+                self.usage.finished = True  # its data says nothing more
+                return
 
         name = b""
         data: list[bytes] = []

@@ -452,3 +452,20 @@ def test_json_garbage_never_raises(body: bytes) -> None:
 def test_new_meter_reads_sse_when_streaming_and_json_otherwise() -> None:
     assert isinstance(new_meter(True), SSEMeter)
     assert isinstance(new_meter(False), JSONMeter)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
+def test_a_stream_is_started_at_message_start_and_finished_only_at_message_stop(named: bool) -> None:
+    whole = reply(named=named)
+    stop = whole.rindex(b"message_stop")
+    cut = whole[: whole.rfind(b"\n\n", 0, stop) + 2]  # everything before the message_stop event
+
+    complete, truncated, garbage = meter(whole), SSEMeter(), SSEMeter()
+    truncated.feed(cut)
+    truncated.finish()
+    garbage.feed(b"<html>502 Bad Gateway</html>\n\n" + event("content_block_delta", text_delta("x")))
+    garbage.finish()
+
+    assert (complete.started, complete.finished) == (True, True)
+    assert (truncated.usage.started, truncated.usage.finished) == (True, False)
+    assert (garbage.usage.started, garbage.usage.finished) == (False, False)
