@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -11,7 +12,6 @@ from typing import Any, cast
 import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
@@ -33,11 +33,17 @@ from gateway.upstreams.transport import UpstreamTransport
 
 logger = logging.getLogger("gateway")
 
-# Of the ten seconds Cloud Run allows after SIGTERM (7 for streams to end, 2.5 for the writers), what finishing
-# the captures under way may take.
+# The shutdown budget (GATEWAY_SHUTDOWN_SECONDS from SIGTERM) in its parts: streams run until STREAM_RESERVE
+# seconds before its end and are then cut; the requests cut finish their bookkeeping; captures under way get
+# CAPTURE_DRAIN_SECONDS; audit rows are in the sink or the audit_fallback log AUDIT_RESERVE seconds before the end.
+STREAM_RESERVE = 2.5
+AUDIT_RESERVE = 1.0
 CAPTURE_DRAIN_SECONDS = 0.5
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_RELAY_METHODS = frozenset(ALL_METHODS)  # others get the catch-all route's 405, with or without the shortcut
+# Shutting down without a SIGTERM noted (the lifespan ends, e.g. under another server): time for the writers.
+CLOSE_SECONDS = 2.0
+# Answered by the app itself, without an audit row: probes and the metrics scrape (GET or HEAD only).
+UNAUDITED_PATHS = frozenset(("/healthz", "/health", "/metrics"))
+_UNAUDITED_METHODS = frozenset(("GET", "HEAD"))
 
 
 class Gateway:
@@ -55,9 +61,45 @@ class Gateway:
     capture: CapturePipeline | None
     """Prompt capture, when a policy rule asks for it; None otherwise (and the relay does no capture work)."""
 
+    relays: set[Any]
+    """Relays under way (their cut handles), for the shutdown to cut."""
+    in_flight: int
+    """Requests being answered, until their audit row is submitted."""
+    stopping_at: float | None
+    """`time.monotonic()` of the SIGTERM, once one came."""
+    cutting: bool
+    """The streams' share of the shutdown budget is spent: relays are cut, new ones refused."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.capture = None
+        self.relays = set()
+        self.in_flight = 0
+        self.stopping_at = None
+        self.cutting = False
+
+    def begin_shutdown(self, signalled_at: float | None = None) -> None:
+        """SIGTERM came (at `signalled_at`): streams may run until STREAM_RESERVE seconds before the budget ends."""
+        if self.stopping_at is not None:
+            return
+        self.stopping_at = signalled_at if signalled_at is not None else time.monotonic()
+        cut_in = max(self.stopping_at + self.settings.shutdown_seconds - STREAM_RESERVE - time.monotonic(), 0.0)
+        asyncio.get_running_loop().call_later(cut_in, self.cut_relays)
+        logger.info("shutting down: %d request(s) under way; streams still running in %.1fs are cut",
+                    self.in_flight, cut_in)
+
+    def cut_relays(self) -> None:
+        """End every relay under way with an overloaded_error (the client retries elsewhere); refuse new ones."""
+        self.cutting = True
+        if self.relays:
+            logger.warning("shutdown budget: cutting %d relay(s) still under way", len(self.relays))
+        for cut in list(self.relays):
+            cut()
+
+    def _audit_deadline(self) -> float:
+        if self.stopping_at is None:
+            return time.monotonic() + CLOSE_SECONDS
+        return self.stopping_at + self.settings.shutdown_seconds - AUDIT_RESERVE
 
     async def start(self) -> None:
         settings = self.settings
@@ -105,15 +147,20 @@ class Gateway:
         )
 
     async def aclose(self) -> None:
+        deadline = self._audit_deadline()
+        # Requests the server cancelled still settle their spend and submit their rows: give them a moment.
+        settle_by = min(deadline - CAPTURE_DRAIN_SECONDS - 0.5, time.monotonic() + 1.0)
+        while self.in_flight and time.monotonic() < settle_by:
+            await asyncio.sleep(0.02)
         await self.policy.aclose()
         await self.upstreams.aclose()
         # Rows first: they must reach the sink before the process goes away. Captures under way submit their
         # requests' metadata rows, so they finish before the writers drain, and both writers drain at once.
         if self.capture is not None:
-            await self.capture.drain(CAPTURE_DRAIN_SECONDS)
-            await asyncio.gather(self.writer.aclose(), self.capture.aclose())
+            await self.capture.drain(max(min(CAPTURE_DRAIN_SECONDS, deadline - time.monotonic() - 0.5), 0.05))
+            await asyncio.gather(self.writer.aclose(deadline), self.capture.content.aclose(deadline))
         else:
-            await self.writer.aclose()
+            await self.writer.aclose(deadline)
         await self.transport.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", self.writer.counters)
@@ -126,11 +173,11 @@ class GatewayApp(FastAPI):
     relay: GatewayEndpoint | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Every HTTP request but the probes, whatever its path or method, is the relay's: one audit row each.
         if (
             self.relay is not None
             and scope["type"] == "http"
-            and scope["path"].startswith("/v1/")
-            and scope["method"] in _RELAY_METHODS
+            and (scope["path"] not in UNAUDITED_PATHS or scope["method"] not in _UNAUDITED_METHODS)
         ):
             await self.relay(cast(dict[str, Any], scope), receive, send)  # uvicorn's scopes are dicts
         else:
@@ -162,19 +209,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # `/healthz` for Cloud Run's probes; `/health` for checks over the service URL, where Google's front end
     # reserves some paths ending in `z`.
-    @app.get("/healthz", include_in_schema=False)
-    @app.get("/health", include_in_schema=False)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], include_in_schema=False)
+    @app.api_route("/health", methods=["GET", "HEAD"], include_in_schema=False)
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
     async def metrics() -> Response:
         """Audit counters for Prometheus or Cloud Monitoring: counts only, no user data."""
         text = prometheus_text(gateway.writer, gateway.capture) + gateway.prices.prometheus_text()
         return Response(text, media_type=METRICS_CONTENT_TYPE)
 
-    endpoint = GatewayEndpoint(gateway)
-    # Plain ASGI routes for the relay: FastAPI's request parsing would cost time and buffer nothing useful.
-    app.router.routes.append(Route("/{path:path}", endpoint=endpoint, methods=ALL_METHODS))
-    app.relay = endpoint
+    # Plain ASGI for the relay: FastAPI's request parsing would cost time and buffer nothing useful.
+    app.relay = GatewayEndpoint(gateway)
     return app

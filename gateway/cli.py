@@ -60,7 +60,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise CLIError(f"invalid configuration: {reasons}") from None
 
 
-def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+def _uvicorn_config(
+    app: Any, host: str, port: int, log_level: str, graceful_seconds: float = 7.0
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -73,8 +75,8 @@ def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.C
         # The gateway reads X-Forwarded-For itself (the last entry, Google's); uvicorn's middleware would only
         # add a layer to every request.
         proxy_headers=False,
-        # Cloud Run allows 10 s after SIGTERM; leave time for the audit queue to drain.
-        timeout_graceful_shutdown=7,
+        # What still runs after this is cancelled (the gateway's own cut comes first, see GatewayServer).
+        timeout_graceful_shutdown=graceful_seconds,  # type: ignore[arg-type]  # uvicorn takes any number
         lifespan="on",
     )
 
@@ -90,8 +92,27 @@ def _check_port_free(host: str, port: int) -> None:
             raise CLIError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn, telling the gateway when SIGTERM came, so that streams are cut (with an error the client retries,
+    and a truthful row) and rows written inside the shutdown budget rather than cancelled at its end."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Any) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self.signalled_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.gateway.begin_shutdown(self.signalled_at)
+        await super().shutdown(sockets)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.app import create_app
+    from gateway.app import STREAM_RESERVE, create_app
     from gateway.logs import configure_logging
 
     overrides: dict[str, Any] = {}
@@ -104,7 +125,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _load_policy(settings.policy_file)  # a bad file is refused here in one readable line, not in a traceback
     _check_port_free(settings.host, settings.port)
     configure_logging(settings.log_level, structured=True, project=settings.google_cloud_project)
-    uvicorn.Server(_uvicorn_config(create_app(settings), settings.host, settings.port, settings.log_level)).run()
+    app = create_app(settings)
+    # Half a second after the gateway's own cut, the server cancels whatever still runs (the rows still follow).
+    graceful = settings.shutdown_seconds - STREAM_RESERVE + 0.5
+    config = _uvicorn_config(app, settings.host, settings.port, settings.log_level, graceful)
+    GatewayServer(config, app.state.gateway).run()
     return 0
 
 

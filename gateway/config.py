@@ -72,12 +72,11 @@ class Settings(BaseSettings):
     audit_batch_size: int = Field(default=500, gt=0, le=10_000)
     """Rows per write: a batch is sent once this many are queued, or every audit_flush_ms."""
     audit_flush_ms: int = Field(default=200, gt=0)
-    audit_retry_max_seconds: float = Field(default=60.0, gt=0)
-    """How long a failing batch is retried before its rows go to the audit_fallback log and the spill."""
+    audit_retry_max_seconds: float = Field(default=1.5, gt=0)
+    """The longest a row waits in memory for the sink; then it goes to the audit_fallback log (durable in Cloud
+    Logging) and the spill. At the default a row is durable within 2 s of its request's end."""
     audit_spill_dir: str | None = None
     """Where rows wait while the sink is down; default $TMPDIR/claude-gateway-audit."""
-    audit_shutdown_seconds: float = Field(default=2.5, gt=0)
-    """Time allowed on shutdown to write what is queued; the rest goes to the audit_fallback log."""
     bigquery_endpoint: str | None = None
     """Another BigQuery API endpoint (an emulator, or Private Service Connect)."""
     bigquery_anonymous: bool = False
@@ -107,6 +106,10 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=0.5, gt=0)
     policy_fail_mode: Literal["open", "closed"] = "open"
     """When the shared counters are unreachable: let requests through unchecked (open) or refuse them (closed)."""
+
+    shutdown_seconds: float = Field(default=8.0, ge=3.0, le=60.0)
+    """From SIGTERM to exit: streams run until 2.5 s before the end and are then cut with an overloaded_error;
+    audit rows are in the sink or the log 1 s before the end. Cloud Run allows 10 s; keep it at 8.5 or below."""
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, validation_alias=AliasChoices("PORT", "GATEWAY_PORT"))

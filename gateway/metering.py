@@ -17,7 +17,8 @@ MAX_JSON_BYTES = 8 * 1024 * 1024
 
 # Events whose data carries usage; every other event (content blocks, ping, message_stop, unknown) is skipped
 # without decoding its JSON, since ~50 content_block_delta events pass per reply.
-_WANTED = frozenset((b"message_start", b"message_delta", b"error"))
+# message_stop comes once per reply and says it ended properly.
+_WANTED = frozenset((b"message_start", b"message_delta", b"message_stop", b"error"))
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -40,6 +41,10 @@ class Usage:
     stop_reason: str | None = None
     error_type: str | None = None
     error_message: str | None = None
+    started: bool = False
+    """A stream's message_start was seen (a JSON reply: it parsed as an object)."""
+    finished: bool = False
+    """A stream's message_stop was seen (a JSON reply: it parsed as an object, or was too large to hold)."""
 
 
 def _int(value: object) -> int | None:
@@ -238,6 +243,9 @@ class SSEMeter:
                 name = name[1:]
             if name not in _WANTED and block.find(b"\nevent", eol) < 0:
                 return
+            if name == b"message_stop" and block.find(b"\nevent", eol) < 0:
+                self.usage.finished = True  # its data says nothing more
+                return
 
         name = b""
         data: list[bytes] = []
@@ -270,12 +278,15 @@ class SSEMeter:
             return
         kind = name.decode("ascii", "replace") if name else _str(body.get("type"))
         if kind == "message_start":
+            self.usage.started = True
             _take_message(self.usage, _dict(body.get("message")))
         elif kind == "message_delta":
             self.usage.stop_reason = _str(_dict(body.get("delta")).get("stop_reason")) or self.usage.stop_reason
             # output_tokens is cumulative: the latest value is the total. Newer APIs repeat the input and cache
             # counts here too; when present they are the final word.
             _take_usage(self.usage, _dict(body.get("usage")))
+        elif kind == "message_stop":
+            self.usage.finished = True
         elif kind == "error":
             _take_error(self.usage, body)
 
@@ -312,12 +323,17 @@ class JSONMeter:
         self._done = True
         body_bytes = b"".join(self._parts)
         self._parts.clear()
-        if self.truncated or not body_bytes:
+        if self.truncated:
+            # Too large to hold, so not judged: no Messages reply is anywhere near the cap.
+            self.usage.started = self.usage.finished = True
+            return
+        if not body_bytes:
             return
         try:
             body = _loads(body_bytes)
             if body is None:
                 return
+            self.usage.started = self.usage.finished = True
             if body.get("type") == "error" or isinstance(body.get("error"), dict):
                 _take_error(self.usage, body)
             elif "usage" in body or body.get("type") == "message":

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 
-from gateway.audit.record import AuditRecord
+from gateway.access_log import log_access
+from gateway.audit.record import SHUTDOWN, AuditRecord
 from gateway.errors import GatewayError, error_body
-from gateway.headers import canonical, client_response_headers, upstream_request_headers
-from gateway.identity import IAP_ASSERTION_HEADER, DomainNotAllowed
+from gateway.headers import client_response_headers, upstream_request_headers
+from gateway.identity import DomainNotAllowed
+from gateway.intake import ParsedBody, iap_assertion, new_record, parse_body, read_body
 from gateway.metering import JSONMeter, SSEMeter, Usage
 from gateway.policy import Admission, PolicyRefusal, RequestFacts
 from gateway.pricing import PriceTable
@@ -31,7 +28,6 @@ if TYPE_CHECKING:
     from gateway.capture.pipeline import RequestCapture
 
 logger = logging.getLogger("gateway.proxy")
-access_logger = logging.getLogger("gateway.access")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -45,13 +41,9 @@ RELAYED: dict[str, str] = {
 }
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-@dataclass(slots=True)
-class ParsedBody:
-    model: str | None = None
-    stream: bool = False
-    max_tokens: int | None = None
+# How long ending a cut response may take: a client that does not read must not hold up the shutdown.
+_CUT_SEND_SECONDS = 1.0
+_SHUTTING_DOWN = "The gateway instance is shutting down; retry the request."
 
 
 class _Response:
@@ -94,8 +86,22 @@ class _Response:
         await self.end()
 
 
+class _Cut:
+    """A relay under way, which the shutdown can cut: it cancels the relay's scope and says so."""
+
+    __slots__ = ("scope", "done")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+        self.done = False
+
+    def __call__(self) -> None:
+        self.done = True
+        self.scope.cancel()
+
+
 class GatewayEndpoint:
-    """The ASGI app behind every path except `/healthz`: one audit row per request, whatever happens."""
+    """The ASGI app behind every request but the probes: one audit row per request, whatever happens."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
@@ -103,8 +109,9 @@ class GatewayEndpoint:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         gateway = self._gateway
         started_at = time.perf_counter()
-        record = _new_record(scope)
+        record = new_record(scope)
         response = _Response(send, record, started_at)
+        gateway.in_flight += 1
         try:
             await self._handle(gateway, scope, receive, response, record)
         except GatewayError as exc:
@@ -116,20 +123,30 @@ class GatewayEndpoint:
             _note_error(record, 500, "gateway_error", "api_error", f"internal gateway error: {type(exc).__name__}")
             if not response.started:
                 await response.error(GatewayError(500, "Internal gateway error.", outcome="gateway_error"))
+        except asyncio.CancelledError:
+            # The server cancels what still runs when its graceful shutdown ends (the relay itself notes that
+            # and carries on): outside the relay, say so and end. The row below is written either way.
+            if not response.finished:
+                _note_error(record, record.status_code or 529, SHUTDOWN, "overloaded_error", _SHUTTING_DOWN)
+                with anyio.move_on_after(_CUT_SEND_SECONDS):
+                    if not response.started:
+                        await response.error(_shutdown_error())
+            raise
         finally:
             record.duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
             if response.capture is None:
                 gateway.writer.submit(record)
             else:
                 response.capture.submit(record)  # audits the request once its content row is built
+            gateway.in_flight -= 1
             if gateway.settings.access_log:
-                _log_access(record, gateway.settings.google_cloud_project)
+                log_access(record, gateway.settings.google_cloud_project)
 
     async def _handle(
         self, gateway: Gateway, scope: Scope, receive: Any, response: _Response, record: AuditRecord
     ) -> None:
         try:
-            principal = await gateway.verifier.verify(_assertion(scope["headers"]))
+            principal = await gateway.verifier.verify(iap_assertion(scope["headers"]))
         except DomainNotAllowed as exc:
             _note_principal(record, exc.principal)
             raise
@@ -148,9 +165,9 @@ class GatewayEndpoint:
                 headers={"allow": expected_method},
             )
 
-        body = await _read_body(scope, receive, gateway.settings.max_body_bytes)
+        body = await read_body(scope, receive, gateway.settings.max_body_bytes)
         record.request_bytes = len(body)
-        parsed = _parse_body(scope, body) if method == "POST" else ParsedBody()
+        parsed = parse_body(scope, body) if method == "POST" else ParsedBody()
         query, headers = scope.get("query_string", b""), upstream_request_headers(scope["headers"])
         if vertex is not None:
             # A Vertex-protocol request becomes the same Anthropic request: any upstream serves it, one meter reads it.
@@ -182,6 +199,7 @@ class GatewayEndpoint:
                 # Answered from the model table: Vertex has no such endpoint, and the list is per caller.
                 await _send_json(response, await models_listing(gateway.models, gateway.policy, principal))
             else:
+                gateway.writer.admit(record)  # a crash from here on leaves the request visible as incomplete
                 usage = await self._relay(gateway, call, receive, response, record)
         finally:
             _note_cost(record, gateway.prices, usage, parsed.model)
@@ -190,8 +208,11 @@ class GatewayEndpoint:
     async def _relay(
         self, gateway: Gateway, call: UpstreamCall, receive: Any, response: _Response, record: AuditRecord
     ) -> Usage:
+        if gateway.cutting:
+            raise _shutdown_error()
         disconnected = False
         scope = anyio.CancelScope()
+        cut = _Cut(scope)
 
         async def watch_disconnect() -> None:
             nonlocal disconnected
@@ -204,6 +225,8 @@ class GatewayEndpoint:
         upstream_response: UpstreamResponse | None = None
         meter: SSEMeter | JSONMeter = JSONMeter()
         failure: GatewayError | None = None
+        feed = None
+        gateway.relays.add(cut)
         try:
             with scope:
                 try:
@@ -225,7 +248,6 @@ class GatewayEndpoint:
                 if event_stream:
                     meter = SSEMeter()
                 capture = response.capture
-                feed = None
                 if capture is not None and capture.wants_response:
                     capture.start(event_stream)
                     feed = capture.feed
@@ -246,7 +268,15 @@ class GatewayEndpoint:
                         if feed is not None:
                             feed(error_event)
                         await response.body(error_event)
+        except asyncio.CancelledError:
+            # The server's graceful shutdown ran out and it cancels what still runs: the bookkeeping below (tokens,
+            # cost, the budget's settlement, the row) must still happen, so the cancellation ends here.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            cut.done = True
         finally:
+            gateway.relays.discard(cut)
             watcher.cancel()
             if upstream_response is not None:
                 with anyio.CancelScope(shield=True):
@@ -260,6 +290,8 @@ class GatewayEndpoint:
             record.error_message = "client went away before the response was complete"
             if not response.started:
                 record.status_code = 499
+        elif cut.done:
+            await _end_cut(response, record, isinstance(meter, SSEMeter), feed)
         elif failure is not None:
             _note_error(record, record.status_code, "upstream_error", failure.error_type, failure.message)
             await response.end()
@@ -268,8 +300,41 @@ class GatewayEndpoint:
                 record.outcome = "upstream_error"
                 record.error_type = usage.error_type
                 record.error_message = usage.error_message
+            elif not usage.finished:
+                _note_error(record, record.status_code, "upstream_error", "api_error", _unfinished(usage, meter))
             await response.end()
         return usage
+
+
+async def _end_cut(response: _Response, record: AuditRecord, event_stream: bool, feed: Any) -> None:
+    """End a response the shutdown cut: an overloaded_error the client retries (an `event: error` once a stream
+    has started), and a row that says so, with the tokens the upstream reported so far."""
+    error = _shutdown_error()
+    status = record.status_code if response.started else error.status
+    _note_error(record, status, SHUTDOWN, error.error_type, "cut short by the gateway's shutdown; " + error.message)
+    with anyio.move_on_after(_CUT_SEND_SECONDS):
+        if not response.started:
+            await response.error(error)
+        else:
+            if event_stream:
+                event = _sse_error(error)
+                if feed is not None:
+                    feed(event)
+                await response.body(event)
+            await response.end()
+
+
+def _unfinished(usage: Usage, meter: SSEMeter | JSONMeter) -> str:
+    """Why a successful-looking reply is not one."""
+    if isinstance(meter, JSONMeter):
+        return "the upstream's reply is not a JSON object"
+    if not usage.started:
+        return "the upstream's event stream never started (no message_start)"
+    return "the upstream's event stream ended before message_stop"
+
+
+def _shutdown_error() -> GatewayError:
+    return GatewayError(529, _SHUTTING_DOWN, outcome=SHUTDOWN, error_type="overloaded_error")
 
 
 async def _settle(
@@ -279,110 +344,6 @@ async def _settle(
         await gateway.policy.settle(facts, admission, usage, cost)
     except Exception:  # accounting trouble must not turn a served request into an error
         logger.exception("policy settle failed")
-
-
-def _new_record(scope: Scope) -> AuditRecord:
-    record = AuditRecord(
-        request_id=str(uuid.uuid4()),
-        timestamp=datetime.now(UTC),
-        method=scope["method"],
-        path=scope["path"],
-    )
-    forwarded_for = None
-    for name, value in scope["headers"]:
-        # ASGI servers give lower-case names; only the exact spellings are read.
-        if name == b"user-agent":
-            record.user_agent = value.decode("latin-1")
-        elif name == b"x-claude-code-session-id":
-            record.session_id = value.decode("latin-1")
-        elif name == b"x-claude-code-agent-id":
-            record.agent_id = value.decode("latin-1")
-        elif name == b"x-claude-code-parent-agent-id":
-            record.parent_agent_id = value.decode("latin-1")
-        elif name == b"x-cloud-trace-context":
-            record.trace_id = value.decode("latin-1").split("/", 1)[0] or None
-        elif name == b"x-forwarded-for":
-            forwarded_for = value.decode("latin-1")
-    if forwarded_for:
-        # The last entry is the one Google's front end appended; earlier ones are the caller's to invent.
-        record.client_ip = forwarded_for.rsplit(",", 1)[-1].strip() or None
-    elif scope.get("client"):
-        record.client_ip = scope["client"][0]
-    return record
-
-
-def _assertion(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The one IAP assertion header; any other spelling, or a second copy, is refused."""
-    found: list[bytes] = []
-    for name, value in headers:
-        if name == IAP_ASSERTION_HEADER:
-            found.append(value)
-        elif canonical(name) == "x-goog-iap-jwt-assertion":
-            raise GatewayError(401, "Invalid IAP assertion (unexpected header spelling).", outcome="unauthenticated")
-    if len(found) > 1:
-        raise GatewayError(401, "Invalid IAP assertion (more than one).", outcome="unauthenticated")
-    return found[0].decode("latin-1") if found else None
-
-
-async def _read_body(scope: Scope, receive: Any, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                declared = int(value)
-            except ValueError:
-                raise GatewayError(400, "Invalid Content-Length header.", outcome="bad_request") from None
-            if declared > limit:
-                raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise GatewayError(499, "Client disconnected while sending the request.", outcome="client_disconnect")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _too_large(limit: int) -> GatewayError:
-    message = f"Request body is larger than the gateway's limit of {limit} bytes."
-    return GatewayError(413, message, outcome="bad_request")
-
-
-def _parse_body(scope: Scope, body: bytes) -> ParsedBody:
-    content_type = b""
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            content_type = value.split(b";", 1)[0].strip().lower()
-    if content_type != b"application/json":
-        shown = content_type.decode("latin-1") or "none"
-        raise GatewayError(415, f"Content-Type must be application/json, not {shown}.", outcome="bad_request")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        data = _loads_lenient(body, exc)
-    if not isinstance(data, dict):
-        raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
-    model = data.get("model")
-    max_tokens = data.get("max_tokens")
-    return ParsedBody(
-        model=model if isinstance(model, str) else None,
-        stream=data.get("stream") is True,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
-    )
-
-
-def _loads_lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
-    """JSON orjson refuses only for a lone surrogate escape (`"\\ud83d"`, a string cut mid-emoji by a JavaScript
-    client) is still JSON the upstream may accept: the standard library reads it."""
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise GatewayError(400, f"Request body is not valid JSON: {error}", outcome="bad_request") from None
 
 
 def _upstream_failure(status: int, what: str, exc: Exception) -> GatewayError:
@@ -443,36 +404,3 @@ def _note_usage(record: AuditRecord, usage: Usage) -> None:
     record.inference_geo = usage.inference_geo
     record.speed = usage.speed
 
-
-def _log_access(record: AuditRecord, project: str | None) -> None:
-    level = logging.INFO if record.status_code < 400 else logging.WARNING
-    if not access_logger.isEnabledFor(level):
-        return
-    extra: dict[str, Any] = {
-        "http_request": {
-            "requestMethod": record.method,
-            "requestUrl": record.path,
-            "status": record.status_code,
-            "latency": f"{(record.duration_ms or 0) / 1000:.6f}s",
-            "userAgent": record.user_agent,
-            "remoteIp": record.client_ip,
-            "requestSize": record.request_bytes,
-            "responseSize": record.response_bytes,
-        },
-        "json_fields": {
-            "request_id": record.request_id,
-            "user": record.user_email,
-            "outcome": record.outcome,
-            "model": record.served_model or record.requested_model,
-            "input_tokens": record.input_tokens,
-            "output_tokens": record.output_tokens,
-            "upstream": record.upstream,
-            "attempts": record.attempts,
-            "upstream_failures": record.upstream_failures,
-        },
-    }
-    if record.trace_id and project:
-        extra["trace"] = f"projects/{project}/traces/{record.trace_id}"
-    access_logger.log(
-        level, "%s %s %s %s", record.method, record.path, record.status_code, record.outcome, extra=extra
-    )

@@ -13,6 +13,7 @@ import google.auth.exceptions
 import requests
 from google.api_core import exceptions as api
 
+from gateway.audit.record import insert_id
 from gateway.audit.schema import AUDIT_TABLE, Table
 from gateway.audit.sinks import BatchRefused, RowsRejected, SinkConfigError, SinkServerError, SinkUnavailable
 
@@ -91,8 +92,9 @@ def make_client(project: str, *, endpoint: str | None = None, anonymous: bool = 
 
 
 class BigQuerySink:
-    """Streams rows with `insertAll`: the request id is the insertId (best-effort de-duplication), invalid rows
-    are skipped and reported one by one, and the client's own retries are off: the writer owns retrying."""
+    """Streams rows with `insertAll`: the request id is the insertId (a started row's is apart) for best-effort
+    de-duplication, invalid rows are skipped and reported one by one, and the client's own retries are off: the
+    writer owns retrying."""
 
     name = "bigquery"
 
@@ -153,7 +155,7 @@ class BigQuerySink:
             client.insert_rows_json,
             self.table.path,
             rows,
-            row_ids=[row["request_id"] for row in rows],
+            row_ids=[insert_id(row) for row in rows],
             skip_invalid_rows=True,
             retry=None,  # type: ignore[arg-type]  # None turns the client's retries off, as documented
             timeout=self._timeout,

@@ -10,6 +10,19 @@ from typing import Any
 MAX_TEXT = {"error_message": 4096, "user_agent": 512, "path": 2048}
 MAX_DEFAULT_TEXT = 1024
 
+# The outcomes the gateway's own lifecycle adds to those of a request's result (ok, denied, upstream_error, ...).
+STARTED = "started"
+"""A request under way: its admission row, written once it has run past a flush; its final row supersedes it."""
+SHUTDOWN = "shutdown"
+"""A request the gateway cut short because the instance was stopping (the client got an overloaded_error)."""
+
+# What an admission row records: who asked for what, known before the upstream is called.
+ADMISSION_FIELDS = (
+    "request_id", "timestamp", "method", "path", "user_email", "user_subject", "user_domain", "groups", "policy_rule",
+    "session_id", "agent_id", "parent_agent_id", "user_agent", "client_ip", "requested_model", "stream",
+    "request_bytes", "trace_id", "capture_level",
+)
+
 
 @dataclass(slots=True)
 class AuditRecord:
@@ -66,7 +79,17 @@ class AuditRecord:
     def to_row(self) -> dict[str, Any]:
         """A JSON-ready row: RFC 3339 UTC timestamp, free text truncated to documented limits."""
         # Not `dataclasses.asdict`: it deep-copies every value, and this runs for every request.
-        row = {name: getattr(self, name) for name in _FIELD_NAMES}
+        return self._row(_FIELD_NAMES)
+
+    def admission_row(self) -> dict[str, Any]:
+        """The `started` row of a request under way: its admission fields only, none of its (partial) result."""
+        row = self._row(ADMISSION_FIELDS)
+        row["status_code"] = 0
+        row["outcome"] = STARTED
+        return row
+
+    def _row(self, names: tuple[str, ...]) -> dict[str, Any]:
+        row = {name: getattr(self, name) for name in names}
         row["groups"] = list(self.groups)
         row["timestamp"] = rfc3339(self.timestamp)
         for key, value in row.items():
@@ -78,6 +101,12 @@ class AuditRecord:
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditRecord))
+
+
+def insert_id(row: dict[str, Any]) -> str:
+    """The row's de-duplication key: the request id, and apart from it the request's started row."""
+    request_id = str(row["request_id"])
+    return f"{request_id}/{STARTED}" if row.get("outcome") == STARTED else request_id
 
 
 def rfc3339(moment: datetime) -> str:

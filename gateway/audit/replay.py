@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.record import STARTED, insert_id
 from gateway.audit.sinks import AuditSink, BatchRefused, RowsRejected, SinkServerError
 
 
@@ -18,8 +19,11 @@ class ReplayResult:
 
 
 def distinct_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The first row of each request id (a fallback log can hold a row more than once)."""
-    return list({row["request_id"]: row for row in reversed(rows)}.values())[::-1]
+    """The first row of each request id (a fallback log and a spill can hold a row more than once); a request's
+    started row only when its final row is not there too."""
+    first = list({insert_id(row): row for row in reversed(rows)}.values())[::-1]
+    ended = {row["request_id"] for row in first if row.get("outcome") != STARTED}
+    return [row for row in first if row.get("outcome") != STARTED or row["request_id"] not in ended]
 
 
 async def replay(

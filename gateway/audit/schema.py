@@ -41,7 +41,8 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
         "outcome",
         "STRING",
         "ok, client_disconnect, upstream_error, denied, rate_limited, unauthenticated, bad_request, "
-        "not_found, gateway_error.",
+        "not_found, gateway_error, shutdown (cut short as the instance stopped); started for the row written while "
+        "a request runs, which its final row (same request_id) supersedes.",
         "REQUIRED",
     ),
     Column("error_type", "STRING", "Anthropic error type when the request failed."),

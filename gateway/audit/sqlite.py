@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio.to_thread
 
+from gateway.audit.record import STARTED
 from gateway.audit.schema import AUDIT_TABLE, Table
 
 TABLE = AUDIT_TABLE.sqlite_name
@@ -47,8 +48,22 @@ def connect(path: str, table: Table = AUDIT_TABLE) -> sqlite3.Connection:
     add_missing_columns(connection, table)
     name = table.sqlite_name
     connection.execute(f"CREATE INDEX IF NOT EXISTS {name}_timestamp ON {name} (timestamp)")
+    if not unique_request_id(connection, table):
+        try:
+            connection.execute(f"CREATE UNIQUE INDEX {name}_request_id ON {name} (request_id)")
+        except sqlite3.IntegrityError:
+            pass  # a file that already holds a request twice: rows are then only appended
     connection.commit()
     return connection
+
+
+def unique_request_id(connection: sqlite3.Connection, table: Table = AUDIT_TABLE) -> bool:
+    """Whether the table keeps one row per request id (its primary key, or a unique index)."""
+    for index in connection.execute(f"PRAGMA index_list({table.sqlite_name})").fetchall():
+        columns = [column[2] for column in connection.execute(f"PRAGMA index_info({index[1]})")]
+        if index[2] and columns == ["request_id"]:
+            return True
+    return False
 
 
 def _to_sqlite(row: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -64,7 +79,8 @@ def _to_sqlite(row: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
 
 
 class SQLiteSink:
-    """Writes batches with one transaction each; a request id already present is not written twice."""
+    """Writes batches with one transaction each; a request id already present is not written twice (but a final
+row takes the place of the request's started row)."""
 
     name = "sqlite"
 
@@ -76,12 +92,21 @@ class SQLiteSink:
         names = table.names
         placeholders = ", ".join("?" for _ in names)
         self._insert = f"INSERT OR IGNORE INTO {table.sqlite_name} ({', '.join(names)}) VALUES ({placeholders})"
+        name = table.sqlite_name
+        updates = ", ".join(f"{column} = excluded.{column}" for column in names if column != "request_id")
+        # One row per request: a request's final row replaces its started row, never the other way round.
+        self._upsert = (
+            f"INSERT INTO {name} ({', '.join(names)}) VALUES ({placeholders}) ON CONFLICT (request_id) DO UPDATE "
+            f"SET {updates} WHERE {name}.outcome = '{STARTED}' AND excluded.outcome != '{STARTED}'"
+        )
 
     async def open(self) -> None:
         try:
             self._connection = await anyio.to_thread.run_sync(connect, self.path, self.table)
         except sqlite3.Error as exc:
             raise RuntimeError(f"cannot open the SQLite audit file {self.path}: {exc}") from exc
+        if "outcome" in self.table.names and unique_request_id(self._connection, self.table):
+            self._insert = self._upsert
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
         names = self.table.names

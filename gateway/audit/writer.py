@@ -1,8 +1,10 @@
 """The background audit writer: the response path only appends to a bounded queue; a task drains it.
 
-No row is lost. A row the sink has not taken when it leaves memory (the queue is over its bound, the sink kept
-failing for `retry_max_seconds`, or the process is stopping) is logged as an `audit_fallback` entry, durable in
-Cloud Logging, and written to the local spill, which is replayed into the sink once it answers again."""
+No row waits in memory for long. A row the sink has not taken within `retry_max_seconds` of being queued (the
+sink is down, hangs or is slow), or one beyond the queue's bound, or one queued while the process stops, is
+logged as an `audit_fallback` entry (durable: Cloud Run ships stdout to Cloud Logging) and written to the local
+spill, which is replayed into the sink once it answers again. While the sink is known to be failing, rows go to
+the log at the next flush instead of waiting for it; one batch now and then probes whether it is back."""
 
 from __future__ import annotations
 
@@ -30,8 +32,23 @@ CONTENT_BATCH_BYTES = 8 * 1024 * 1024
 # A row failed over this many times is left to the audit_fallback log rather than spilled yet again.
 MAX_ROUNDS = 3
 COUNTER_LOG_SECONDS = 60.0
+# The longest one probe of a failing sink may hold up the queue behind it.
+PROBE_SECONDS = 1.0
 
 Pending = tuple[dict[str, Any], int]  # a row, and how many times it has been failed over
+
+
+class Admission:
+    """A request under way: written as its `started` row if its final row has not come by the next flush."""
+
+    __slots__ = ("record", "settled")
+
+    def __init__(self, record: AuditRecord) -> None:
+        self.record = record
+        self.settled = False
+
+
+Item = AuditRecord | dict[str, Any] | Admission
 
 
 @dataclass(slots=True)
@@ -48,8 +65,8 @@ class AuditCounters:
 
 
 class AuditWriter:
-    """Batches rows to a sink: a flush every `batch_size` rows or `flush_interval` seconds, retries with
-    exponential backoff and jitter, a spill beyond `queue_size` rows, and a bounded drain on close."""
+    """Batches rows to a sink: a flush every `batch_size` rows or `flush_interval` seconds, retries with backoff
+    and jitter until the row is `retry_max_seconds` old, a spill beyond `queue_size` rows, a bounded drain on close."""
 
     def __init__(
         self,
@@ -58,10 +75,10 @@ class AuditWriter:
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.2,
-        retry_max_seconds: float = 60.0,
+        retry_max_seconds: float = 1.5,
         max_backoff: float = 10.0,
         spill_dir: str | None = None,
-        shutdown_seconds: float = 2.5,
+        shutdown_seconds: float = 2.0,
         fallback_key: str = "audit_fallback",
     ) -> None:
         self.sink = sink
@@ -69,18 +86,20 @@ class AuditWriter:
         # its entries (which hold prompt text) can be routed away from everyone who reads the project's logs.
         self.fallback_key = fallback_key
         self.counters = AuditCounters()
-        self._queue: deque[AuditRecord | dict[str, Any]] = deque()
+        self._queue: deque[tuple[float, Item]] = deque()  # (when queued, row)
+        self._admissions: dict[str, Admission] = {}  # requests under way whose started row is still queued
+        self._moot = 0  # queued admissions whose request has ended: nothing to write
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._retry_max_seconds = retry_max_seconds
+        self._durable_seconds = retry_max_seconds
         self._max_backoff = max_backoff
         self._shutdown_seconds = shutdown_seconds
         self._spill = Spill(spill_dir or default_spill_dir())
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._healthy = True  # the last write was accepted: the spill may be replayed
+        self._healthy = True  # the last write was accepted: queued rows wait for the sink, the spill is replayed
         self._probe_delay = 0.5
         self._next_probe = 0.0
         self._next_report = self._now() + COUNTER_LOG_SECONDS
@@ -100,7 +119,6 @@ class AuditWriter:
             flush_interval=settings.audit_flush_ms / 1000,
             retry_max_seconds=settings.audit_retry_max_seconds,
             spill_dir=settings.audit_spill_dir,
-            shutdown_seconds=settings.audit_shutdown_seconds,
         )
 
     @classmethod
@@ -125,7 +143,6 @@ class AuditWriter:
             retry_max_seconds=settings.audit_retry_max_seconds,
             # Its own folder: each writer takes the spill files it finds as its own leftovers.
             spill_dir=os.path.join(settings.audit_spill_dir or default_spill_dir(), "content"),
-            shutdown_seconds=settings.audit_shutdown_seconds,
             fallback_key="audit_content_fallback",
         )
 
@@ -141,15 +158,29 @@ class AuditWriter:
         await self.sink.open()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
+    def admit(self, record: AuditRecord) -> None:
+        """Note a request under way: if it is still running at the next flush, its `started` row is written, so a
+        crash before its end leaves it visible as incomplete. Its final row, queued in time, makes this one moot."""
+        if self._closed or len(self._queue) >= self._queue_size:
+            return  # its final row is on its way to the log or the spill; a started row would add nothing
+        admission = Admission(record)
+        self._admissions[record.request_id] = admission
+        self._queue.append((self._now(), admission))
+
     def submit(self, record: AuditRecord | dict[str, Any]) -> None:
         """Queue a row; never blocks and never raises. Beyond the queue's bound, spill it (and log it)."""
+        if self._admissions and isinstance(record, AuditRecord):
+            admission = self._admissions.pop(record.request_id, None)
+            if admission is not None:
+                admission.settled = True
+                self._moot += 1
         if self._closed:
             self._log_fallback(_row(record), "audit writer already closed")
         elif len(self._queue) >= self._queue_size:
             self._spill_over(_row(record))
         else:
             # Kept as the record: turning it into a row costs more than the append, and happens in the batch.
-            self._queue.append(record)
+            self._queue.append((self._now(), record))
             if len(self._queue) >= self._batch_size:
                 self._wakeup.set()
 
@@ -164,7 +195,7 @@ class AuditWriter:
     @property
     def pending(self) -> int:
         """Rows waiting in memory."""
-        return len(self._queue)
+        return len(self._queue) - self._moot
 
     @property
     def spill_pending(self) -> int:
@@ -172,14 +203,15 @@ class AuditWriter:
         return self._spill.pending_rows
 
     async def flush(self) -> None:
-        """Write everything queued so far."""
+        """Write everything queued so far (or log it, as the sink allows)."""
         while self._queue:
-            await self._send_queued(self._now() + self._retry_max_seconds)
+            await self._send_queued()
 
-    async def aclose(self) -> None:
-        """Stop the background task, then write what is queued (and spilled) within `shutdown_seconds`;
-        anything still unwritten at the deadline is already, or now, in the audit_fallback log."""
-        deadline = self._now() + self._shutdown_seconds
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Stop the background task, then write what is queued (and spilled) by `deadline` (a `time.monotonic()`
+        value; by default `shutdown_seconds` from now); anything unwritten then is already, or now, in the
+        audit_fallback log."""
+        deadline = deadline if deadline is not None else self._now() + self._shutdown_seconds
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -190,8 +222,9 @@ class AuditWriter:
         while self._queue and self._now() < deadline:
             await self._send_queued(deadline)
         if self._queue:
-            left = [(_row(item), 0) for item in self._queue]
+            left = [(row, 0) for row in (self._to_row(item) for _, item in self._queue) if row is not None]
             self._queue.clear()
+            self._moot = 0
             self._fail_over(left, f"{self.sink.name} did not take the rows within the shutdown budget")
         while self._spill.pending_rows and self._healthy and self._now() < deadline:
             await self._replay_batch(deadline)
@@ -221,11 +254,12 @@ class AuditWriter:
 
     async def _work(self) -> None:
         while self._queue:
-            await self._send_queued(self._now() + self._retry_max_seconds)
+            await self._send_queued()
             self._report_now_and_then()
         if self._spill.pending_rows:
             if self._healthy:
-                await self._replay_batch(self._now() + self._retry_max_seconds)
+                # Rows queued meanwhile wait for at most one batch: bound it like a probe.
+                await self._replay_batch(self._now() + PROBE_SECONDS)
                 if self._spill.pending_rows:
                     self._wakeup.set()  # carry on with the next batch at once
             elif self._now() >= self._next_probe:
@@ -234,12 +268,13 @@ class AuditWriter:
 
     async def _probe(self) -> None:
         """No traffic to show the sink is back: try one spilled row, once; it stays spilled if that fails."""
-        rows = [row for row, _ in self._spill.read_batch(1)]
+        batch = self._spill.read_batch(1)
+        rows = [row for row, _ in batch]
         if not rows:
             self._spill.commit()
             return
         try:
-            async with asyncio.timeout(self._max_backoff):
+            async with asyncio.timeout(min(PROBE_SECONDS, self._durable_seconds)):
                 await self.sink.write(rows)
         except (RowsRejected, BatchRefused) as exc:
             # The sink answers: the row is the trouble, not the sink.
@@ -247,9 +282,14 @@ class AuditWriter:
             self._healthy = True
             self._reject(rows[0], exc.rejected[0][1] if isinstance(exc, RowsRejected) and exc.rejected else str(exc))
         except Exception as exc:
-            self._spill.rewind()
-            self._probe_delay = min(self._probe_delay * 2, self._max_backoff)
-            self._next_probe = self._now() + self._probe_delay
+            if isinstance(exc, SinkServerError):
+                # The server answers but not to this row, which may be the trouble: to the back of the spill (for
+                # MAX_ROUNDS), so that it cannot keep the rows behind it from being tried.
+                self._spill.commit()
+                self._fail_over(batch, f"{self.sink.name}: {exc}", log=False)
+            else:
+                self._spill.rewind()
+            self._failing()
             logger.info("audit sink %s still unavailable (%s)", self.sink.name, exc)
         else:
             self._spill.commit()
@@ -264,14 +304,28 @@ class AuditWriter:
                 self._reported = asdict(self.counters)
                 self._log_counters(self.label)
 
-    async def _send_queued(self, deadline: float) -> None:
-        batch = [(_row(self._queue.popleft()), 0) for _ in range(min(self._batch_size, len(self._queue)))]
+    async def _send_queued(self, deadline: float | None = None) -> None:
+        """One batch from the queue, to the sink by its oldest row's deadline, or to the log and the spill."""
+        oldest = self._queue[0][0]
+        batch: list[Pending] = []
+        while self._queue and len(batch) < self._batch_size:
+            row = self._to_row(self._queue.popleft()[1])
+            if row is not None:
+                batch.append((row, 0))
+        if not batch:
+            return
+        due = oldest + self._durable_seconds
+        deadline = due if deadline is None else min(due, deadline)
+        if not self._healthy and self._now() < self._next_probe:
+            # The sink is failing: the rows are made durable in the log now, and replayed once it is back.
+            self._fail_over(batch, f"{self.sink.name} unavailable")
+            return
         try:
             await self._deliver(batch, deadline)
         except asyncio.CancelledError:
             # Stopping: the drain in aclose() writes or logs them. A write already under way may still
             # land, which is a duplicate (the same request id), never a loss.
-            self._queue.extendleft(row for row, _ in reversed(batch))
+            self._queue.extendleft((oldest, row) for row, _ in reversed(batch))
             raise
         except Exception:  # pragma: no cover - a bug in the writer: the rows still reach the log
             self._fail_over(batch, "audit writer error")
@@ -287,13 +341,11 @@ class AuditWriter:
     async def _deliver(self, batch: list[Pending], deadline: float, *, replay: bool = False) -> None:
         """Settle every row of the batch: written, rejected (logged), or failed over (logged and spilled)."""
         rows = [row for row, _ in batch]
-        delay = 0.2
+        delay = 0.1
         server_errors = 0
         while True:
             try:
-                # Closing, the deadline is the shutdown budget's and holds; otherwise a last try may take its time.
-                remaining = deadline - self._now()
-                async with asyncio.timeout(max(remaining, 0.05) if self._closed else max(remaining, 10.0)):
+                async with asyncio.timeout(max(deadline - self._now(), 0.05)):
                     await self.sink.write(rows)
             except RowsRejected as exc:
                 self._healthy = True
@@ -310,7 +362,6 @@ class AuditWriter:
                     await self._split(batch, deadline, replay)
                 return
             except Exception as exc:  # a sink failure must never end the writer
-                self._healthy = False
                 reason = str(exc) or type(exc).__name__
                 if isinstance(exc, SinkServerError) and len(batch) > 1:
                     server_errors += 1
@@ -319,11 +370,13 @@ class AuditWriter:
                         await self._split(batch, deadline, replay)
                         return
                 if self._now() + delay > deadline:
+                    self._failing()
                     logger.error(
-                        "audit sink %s still failing (%s): %d row(s) go to the audit_fallback log and the spill",
-                        self.sink.name, reason, len(batch),
+                        "audit sink %s failing (%s): %d row(s) go to the %s log and the spill",
+                        self.sink.name, reason, len(batch), self.fallback_key,
                     )
-                    self._fail_over(batch, f"{self.sink.name}: {reason}")
+                    # Replayed rows are in the log already: back to the spill only.
+                    self._fail_over(batch, f"{self.sink.name}: {reason}", log=not replay)
                     return
                 self.counters.retried += len(batch)
                 logger.warning(
@@ -341,26 +394,45 @@ class AuditWriter:
         await self._deliver(batch[:half], deadline, replay=replay)
         await self._deliver(batch[half:], deadline, replay=replay)
 
+    def _failing(self) -> None:
+        """The sink failed: rows go straight to the log until a probe, later and later, finds it back."""
+        if self._healthy:
+            self._probe_delay = 0.5
+        else:
+            self._probe_delay = min(self._probe_delay * 2, self._max_backoff)
+        self._healthy = False
+        self._next_probe = self._now() + self._probe_delay
+
     def _note_written(self, count: int, replay: bool) -> None:
-        self._probe_delay = 0.5
         self.counters.written += count
         if replay:
             self.counters.replayed += count
+
+    def _to_row(self, item: Item) -> dict[str, Any] | None:
+        """The row to write; None for an admission whose request has ended (its final row says it all)."""
+        if isinstance(item, Admission):
+            if item.settled:
+                self._moot -= 1
+                return None
+            self._admissions.pop(item.record.request_id, None)
+            return item.record.admission_row()
+        return _row(item)
 
     def _spill_over(self, row: dict[str, Any]) -> None:
         """The queue is full: the row waits on disk, and in the log in case the instance goes first."""
         self._log_fallback(row, f"audit queue over its bound of {self._queue_size} rows")
         self._to_spill(row, 0)
 
-    def _fail_over(self, batch: list[Pending], reason: str) -> None:
+    def _fail_over(self, batch: list[Pending], reason: str, *, log: bool = True) -> None:
         for row, rounds in batch:
-            self._log_fallback(row, reason)
+            if log:
+                self._log_fallback(row, reason)
             if rounds + 1 < MAX_ROUNDS:
                 self._to_spill(row, rounds + 1)
             else:
                 logger.error(
-                    "audit row %s failed over %d times; it is left to the audit_fallback log", row["request_id"],
-                    rounds + 1,
+                    "audit row %s failed over %d times; it is left to the %s log", row["request_id"], rounds + 1,
+                    self.fallback_key,
                 )
 
     def _reject(self, row: dict[str, Any], reason: str) -> None:
@@ -372,8 +444,8 @@ class AuditWriter:
         try:
             self._spill.append(row, rounds)
         except OSError as exc:
-            logger.error("audit spill write failed (%s); row %s is in the audit_fallback log only", exc,
-                         row.get("request_id"))
+            logger.error("audit spill write failed (%s); row %s is in the %s log only", exc,
+                         row.get("request_id"), self.fallback_key)
         else:
             self.counters.spilled += 1
 

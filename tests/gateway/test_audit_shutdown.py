@@ -3,10 +3,8 @@ queued: they reach BigQuery, or the audit_fallback log when BigQuery is down, fr
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +19,8 @@ from gateway.cli import main
 from gateway.dev.iap import AssertionSigner
 from tests.gateway.conftest import API_KEY, AUDIENCE
 from tests.support.anthropic_sse import JSON_HEADERS, message_json
-from tests.support.bqemulator import Emulator, Relay, free_port, shared_emulator
+from tests.support.bqemulator import Emulator, Relay, shared_emulator
+from tests.support.gateway_process import gateway_process as serve_process
 from tests.support.servers import FakeUpstream, Reply
 
 pytestmark = pytest.mark.slow
@@ -48,12 +47,9 @@ def gateway_process(table: TableRef, bigquery_url: str, upstream_url: str, tmp_p
     tuple[subprocess.Popen[bytes], str, Path]
 ]:
     """`claude-gateway serve` configured from the environment, rows held in its queue (a flush only when
-    50,000 rows are queued or after ten minutes), its stdout (Cloud Logging JSON lines) in a file."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "GOOGLE_"))}
-    env |= {
-        "PORT": str(port),
-        "GATEWAY_HOST": "127.0.0.1",
+    50,000 rows are queued or after ten minutes), its stdout (Cloud Logging
+    JSON lines) in a file."""
+    env = {
         "GATEWAY_IAP_AUDIENCE": AUDIENCE,
         "GATEWAY_IAP_CERTS_URL": f"{upstream_url}/iap/public_key",
         "GATEWAY_UPSTREAM_URL": upstream_url,
@@ -63,30 +59,9 @@ def gateway_process(table: TableRef, bigquery_url: str, upstream_url: str, tmp_p
         "GATEWAY_BIGQUERY_ANONYMOUS": "1",
         "GATEWAY_AUDIT_FLUSH_MS": "600000",
         "GATEWAY_AUDIT_BATCH_SIZE": "10000",
-        "GATEWAY_AUDIT_SPILL_DIR": str(tmp_path / "spill"),
-        "GATEWAY_ACCESS_LOG": "false",
     }
-    stdout = tmp_path / "stdout.log"
-    with stdout.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], stdout=out,
-                                   stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start:\n{stdout.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield process, url, stdout
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with serve_process(env, tmp_path) as gateway:
+        yield gateway.process, gateway.url, gateway.stdout
 
 
 def iap_headers(signer: AssertionSigner) -> dict[str, str]:

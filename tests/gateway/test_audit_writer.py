@@ -19,7 +19,7 @@ import pytest
 from gateway.audit.record import AuditRecord
 from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
 from gateway.audit.spill import Spill, load_rows
-from gateway.audit.writer import MAX_ROUNDS, AuditWriter
+from gateway.audit.writer import AuditWriter
 from tests.gateway.conftest import Stack
 
 pytestmark = pytest.mark.anyio
@@ -173,16 +173,93 @@ async def test_a_row_failed_over_max_rounds_times_is_left_to_the_log(
     writer.submit(record(0, path="/poison"))
     n = 1
     # Each good row shows the sink is up, which lets the writer replay the spilled row for another round.
-    while writer.spill_pending or writer.counters.failed_over < MAX_ROUNDS:
+    while not any("left to the audit_fallback log" in r.getMessage() for r in caplog.records):
         writer.submit(record(n))
         n += 1
         await asyncio.sleep(0.05)
-        assert n < 200
+        assert n < 600
     await writer.aclose()
 
-    assert fallback_ids(caplog)["req-0000"] == MAX_ROUNDS
-    assert any("left to the audit_fallback log" in r.getMessage() for r in caplog.records)
+    # Logged once, when it first left memory; its replays from the spill do not log it again.
+    assert fallback_ids(caplog)["req-0000"] == 1
+    assert "req-0000" not in sink.rows
     assert writer.counters.dropped == 0
+
+
+async def test_a_hanging_sink_holds_no_row_in_memory_beyond_retry_max_seconds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sink takes requests and never answers: each row is in the log within retry_max_seconds (plus a flush) of
+    being queued, the first batch by its deadline and the rest at once while the sink is known to be failing."""
+    sink = ScriptedSink()
+    sink.delay = 60
+    writer = writer_for(sink, tmp_path, batch_size=500, flush_interval=0.05, retry_max_seconds=0.5)
+    await writer.start()
+
+    queued_at: dict[str, float] = {}
+    logged_at: dict[str, float] = {}
+    for n in range(30):
+        writer.submit(record(n))
+        queued_at[f"req-{n:04d}"] = time.monotonic()
+        await asyncio.sleep(0.05)
+        for request_id in fallback_ids(caplog):
+            logged_at.setdefault(request_id, time.monotonic())
+    await wait_for(lambda: len(fallback_ids(caplog)) == 30)
+    for request_id in fallback_ids(caplog):
+        logged_at.setdefault(request_id, time.monotonic())
+    await writer.aclose()
+
+    waits = [logged_at[request_id] - queued_at[request_id] for request_id in queued_at]
+    assert max(waits) < 0.5 + 0.05 + 0.5  # the window, a flush, and slack for a loaded machine
+    assert writer.counters.spilled == 30 and writer.counters.dropped == 0
+    assert max(fallback_ids(caplog).values()) == 1
+
+
+async def test_rows_logged_while_the_sink_was_down_are_replayed_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkUnavailable("connection refused")
+    writer = writer_for(sink, tmp_path, retry_max_seconds=0.2)
+    await writer.start()
+
+    for n in range(12):
+        writer.submit(record(n))
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: len(fallback_ids(caplog)) == 12)
+    sink.fail = lambda rows: None
+    await wait_for(lambda: len(sink.rows) == 12, timeout=15)
+    await writer.aclose()
+
+    assert writer.counters.replayed == 12 and writer.spill_pending == 0
+    assert max(fallback_ids(caplog).values()) == 1
+
+
+async def test_a_request_still_running_at_a_flush_gets_a_started_row_and_a_short_one_does_not(
+    tmp_path: Path,
+) -> None:
+    sink = ScriptedSink()
+    written: list[dict[str, Any]] = []
+    sink.fail = lambda rows: written.extend(rows)  # type: ignore[func-returns-value]
+    writer = writer_for(sink, tmp_path, flush_interval=0.05)
+    await writer.start()
+
+    short, long = record(1, user_email="ada@example.com"), record(2, user_email="ada@example.com", session_id="s-1")
+    writer.admit(short)
+    writer.admit(long)
+    short.outcome = "ok"
+    writer.submit(short)  # ended before the flush: its started row is moot
+    await wait_for(lambda: len(written) == 2)
+    long.status_code, long.input_tokens = 200, 99
+    writer.submit(long)
+    await wait_for(lambda: len(written) == 3)
+    await writer.aclose()
+
+    started = [row for row in written if row["outcome"] == "started"]
+    assert [row["request_id"] for row in started] == ["req-0002"]
+    assert started[0]["session_id"] == "s-1" and started[0]["user_email"] == "ada@example.com"
+    assert started[0]["status_code"] == 0 and "input_tokens" not in started[0]
+    assert [row["request_id"] for row in written if row["outcome"] != "started"] == ["req-0001", "req-0002"]
 
 
 async def test_close_writes_what_is_queued(tmp_path: Path) -> None:

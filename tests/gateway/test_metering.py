@@ -103,6 +103,8 @@ EXPECTED = Usage(
     cache_creation_input_tokens=1200,
     cache_read_input_tokens=18000,
     stop_reason="tool_use",
+    started=True,
+    finished=True,
 )
 
 
@@ -395,6 +397,8 @@ def test_json_message_response_reports_usage() -> None:
         cache_creation_input_tokens=0,
         cache_read_input_tokens=4096,
         stop_reason="end_turn",
+        started=True,
+        finished=True,
     )
 
 
@@ -411,14 +415,14 @@ def test_json_vertex_error_body_names_its_status() -> None:
 
 
 def test_json_count_tokens_response_sets_input_tokens() -> None:
-    assert json_meter(b'{"input_tokens": 2095}').usage == Usage(input_tokens=2095)
+    assert json_meter(b'{"input_tokens": 2095}').usage == Usage(input_tokens=2095, started=True, finished=True)
 
 
 def test_json_body_beyond_the_cap_is_dropped_without_error() -> None:
     body = json.dumps({"id": MESSAGE_ID, "content": "z" * 5000, "usage": {"input_tokens": 1}}).encode()
     m = json_meter(body, limit=1024)
     assert m.truncated
-    assert m.usage == Usage()
+    assert m.usage == Usage(started=True, finished=True)  # not judged: too large to hold
 
 
 def test_json_body_exactly_at_the_cap_is_read() -> None:
@@ -448,3 +452,20 @@ def test_json_garbage_never_raises(body: bytes) -> None:
 def test_new_meter_reads_sse_when_streaming_and_json_otherwise() -> None:
     assert isinstance(new_meter(True), SSEMeter)
     assert isinstance(new_meter(False), JSONMeter)
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
+def test_a_stream_is_started_at_message_start_and_finished_only_at_message_stop(named: bool) -> None:
+    whole = reply(named=named)
+    stop = whole.rindex(b"message_stop")
+    cut = whole[: whole.rfind(b"\n\n", 0, stop) + 2]  # everything before the message_stop event
+
+    complete, truncated, garbage = meter(whole), SSEMeter(), SSEMeter()
+    truncated.feed(cut)
+    truncated.finish()
+    garbage.feed(b"<html>502 Bad Gateway</html>\n\n" + event("content_block_delta", text_delta("x")))
+    garbage.finish()
+
+    assert (complete.started, complete.finished) == (True, True)
+    assert (truncated.usage.started, truncated.usage.finished) == (True, False)
+    assert (garbage.usage.started, garbage.usage.finished) == (False, False)

@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 
-def wait_for_rows(audit_db: Path, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The audit rows, oldest first, once at least `count` are written (the writer flushes in the background)."""
+def wait_for_rows(
+    audit_db: Path, count: int = 1, timeout: float = 5.0, *, started: bool = False
+) -> list[dict[str, Any]]:
+    """The final audit rows (or with `started`, every row, a request under way's started row included), oldest
+    first, once at least `count` are written (the writer flushes in the background)."""
+    where = "" if started else "WHERE outcome != 'started' "
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -18,7 +22,7 @@ def wait_for_rows(audit_db: Path, count: int = 1, timeout: float = 5.0) -> list[
             with sqlite3.connect(audit_db) as connection:
                 connection.row_factory = sqlite3.Row
                 try:
-                    rows = [dict(r) for r in connection.execute("SELECT * FROM audit_log ORDER BY timestamp")]
+                    rows = [dict(r) for r in connection.execute(f"SELECT * FROM audit_log {where}ORDER BY timestamp")]
                 except sqlite3.OperationalError:
                     rows = []
             if len(rows) >= count:

@@ -128,10 +128,14 @@ def shared_emulator() -> Emulator:
 @dataclass
 class Relay:
     """A TCP relay from a loopback port to `target`. `down()` closes the port (connections are refused and
-    open ones cut), `up()` listens on the same port again: an outage without stopping the server behind."""
+    open ones cut), `hang()` holds every byte, `up()` listens on the same port again: an outage without stopping
+    the server behind."""
 
     target: tuple[str, int]
     port: int = field(default_factory=free_port)
+    hanging: bool = False
+    """`hang()`: connections are taken and bytes read, but nothing is passed on until `up()` (a BigQuery that
+    accepts requests and never answers)."""
     _listener: socket.socket | None = None
     _connections: set[socket.socket] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -140,7 +144,13 @@ class Relay:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def hang(self) -> None:
+        self.hanging = True
+
     def up(self) -> None:
+        self.hanging = False
+        if self._listener is not None:
+            return
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -150,6 +160,7 @@ class Relay:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def down(self) -> None:
+        self.hanging = False
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
@@ -185,6 +196,8 @@ class Relay:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                while self.hanging and self._listener is not None:
+                    time.sleep(0.02)
                 sink.sendall(data)
         except OSError:
             pass

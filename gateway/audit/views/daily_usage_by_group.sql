@@ -1,11 +1,13 @@
 -- Daily requests, users, tokens and cost per Workspace group over the last 90 days (UTC days).
 -- A request counts once for every policy group its user matched, so the groups of a day add up to more than
 -- the day's total; requests with no matched group are under '(no group)'.
--- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once.
+-- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once. A request's 'started'
+-- row (written while it runs) is left out: its final row counts it.
 WITH audit AS (
   SELECT *
   FROM {audit_table}
   WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 90 DAY)
+    AND outcome != 'started'
   QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY timestamp) = 1
 )
 SELECT

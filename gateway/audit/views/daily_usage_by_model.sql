@@ -1,10 +1,12 @@
 -- Daily requests, users, tokens and cost per model over the last 90 days (UTC days).
 -- model: the model the upstream served, else the one requested, else '(none)' (e.g. refused before parsing).
--- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once.
+-- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once. A request's 'started'
+-- row (written while it runs) is left out: its final row counts it.
 WITH audit AS (
   SELECT *
   FROM {audit_table}
   WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 90 DAY)
+    AND outcome != 'started'
   QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY timestamp) = 1
 )
 SELECT

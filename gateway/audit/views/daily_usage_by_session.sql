@@ -1,11 +1,13 @@
 -- Daily requests, tokens and cost per Claude Code session (X-Claude-Code-Session-Id) over the last 30 days
 -- (UTC days). Requests without a session id (other clients) are under '(none)', per user.
 -- subagents: distinct X-Claude-Code-Agent-Id values seen in the session that day.
--- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once.
+-- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once. A request's 'started'
+-- row (written while it runs) is left out: its final row counts it.
 WITH audit AS (
   SELECT *
   FROM {audit_table}
   WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 30 DAY)
+    AND outcome != 'started'
   QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY timestamp) = 1
 )
 SELECT

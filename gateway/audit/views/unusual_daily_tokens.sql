@@ -1,12 +1,14 @@
 -- Users whose tokens on a day of the last 7 (UTC days) are far above their own median: at least 3 times the
 -- median of their daily totals over the 30 days before, and at least 100,000 tokens, with at least 5 earlier
 -- days of use to compare with. tokens = input + output + cache creation + cache read.
--- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once.
+-- Rows are de-duplicated by request_id: streaming inserts and replays are at-least-once. A request's 'started'
+-- row (written while it runs) is left out: its final row counts it.
 WITH audit AS (
   SELECT *
   FROM {audit_table}
   WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 38 DAY)
     AND user_email IS NOT NULL
+    AND outcome != 'started'
   QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id ORDER BY timestamp) = 1
 ),
 daily AS (
