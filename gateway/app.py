@@ -21,6 +21,7 @@ from gateway.audit.metrics import prometheus_text
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
 from gateway.identity import IAPKeys, IAPVerifier
+from gateway.intake import BodyAllowance
 from gateway.policy import AccessPolicy
 from gateway.policy.engine import GroupPolicy
 from gateway.policy.factory import open_policy
@@ -69,9 +70,12 @@ class Gateway:
     """`time.monotonic()` of the SIGTERM, once one came."""
     cutting: bool
     """The streams' share of the shutdown budget is spent: relays are cut, new ones refused."""
+    bodies: BodyAllowance
+    """Request-body bytes held by requests in flight, per instance and per person."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.bodies = BodyAllowance(settings.max_inflight_body_bytes, settings.max_inflight_body_bytes_per_user)
         self.capture = None
         self.relays = set()
         self.in_flight = 0

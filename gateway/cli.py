@@ -61,8 +61,17 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _uvicorn_config(
-    app: Any, host: str, port: int, log_level: str, graceful_seconds: float = 7.0
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    graceful_seconds: float = 7.0,
+    *,
+    header_timeout: float = 10.0,
+    max_connections: int | None = None,
 ) -> uvicorn.Config:
+    from gateway.server import guarded_protocol
+
     return uvicorn.Config(
         app,
         host=host,
@@ -78,6 +87,9 @@ def _uvicorn_config(
         # What still runs after this is cancelled (the gateway's own cut comes first, see GatewayServer).
         timeout_graceful_shutdown=graceful_seconds,  # type: ignore[arg-type]  # uvicorn takes any number
         lifespan="on",
+        # Connections that never finish their headers are closed; past the cap, new requests get 503 (logged).
+        http=guarded_protocol(header_timeout),
+        limit_concurrency=max_connections,
     )
 
 
@@ -128,7 +140,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     # Half a second after the gateway's own cut, the server cancels whatever still runs (the rows still follow).
     graceful = settings.shutdown_seconds - STREAM_RESERVE + 0.5
-    config = _uvicorn_config(app, settings.host, settings.port, settings.log_level, graceful)
+    config = _uvicorn_config(
+        app, settings.host, settings.port, settings.log_level, graceful,
+        header_timeout=settings.header_timeout_seconds, max_connections=settings.max_connections,
+    )
     GatewayServer(config, app.state.gateway).run()
     return 0
 

@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     """More redaction patterns: JSON ({"name": "regex"} or [{"name", "pattern"}]) or the path of such a file."""
 
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A request body must arrive within this long, or the request is refused (408) and its memory freed."""
+    max_inflight_body_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    """Request-body bytes all requests in flight may hold together (503 past it): sized for a 1 GiB instance."""
+    max_inflight_body_bytes_per_user: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Request-body bytes one person's requests in flight may hold together (429 past it)."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A connection must send a request's complete headers within this long (from opening, or from the request's
+    first byte), or it is closed: idle and slow-header connections cannot pile up."""
+    max_connections: int = Field(default=1000, gt=0)
+    """Connections and requests the server takes at once; past it new requests get 503 (and a warning is logged)."""
     pricing_file: str | None = None
 
     policy_file: str | None = None

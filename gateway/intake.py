@@ -3,7 +3,9 @@ few fields of its JSON the gateway needs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +18,8 @@ from gateway.errors import GatewayError
 from gateway.headers import canonical
 from gateway.identity import IAP_ASSERTION_HEADER
 
+logger = logging.getLogger("gateway.intake")
+
 Scope = dict[str, Any]
 
 
@@ -24,6 +28,69 @@ class ParsedBody:
     model: str | None = None
     stream: bool = False
     max_tokens: int | None = None
+    body: bytes = b""
+    """What is relayed: the JSON as the gateway read it, so the upstream sees exactly what policy checked."""
+
+
+# Retried by clients (Anthropic's SDKs and Claude Code back off on these), and short: the pressure is momentary.
+_BUSY_RETRY_SECONDS = "5"
+
+
+class BodyAllowance:
+    """Request-body bytes held by requests in flight, per instance and per person: a stalled or huge upload cannot
+    take the instance's memory, and one person cannot take everyone's share."""
+
+    def __init__(self, instance_limit: int, person_limit: int) -> None:
+        self.instance_limit = instance_limit
+        self.person_limit = person_limit
+        self.held = 0
+        self._by_person: dict[str, int] = {}
+
+    def take(self, person: str, size: int) -> None:
+        """Hold `size` more bytes for `person`, or refuse (429 for the person, 503 for the instance)."""
+        mine = self._by_person.get(person, 0)
+        if mine + size > self.person_limit:
+            raise GatewayError(
+                429, "Too many request bytes in flight for you; retry shortly.", outcome="rate_limited",
+                headers={"retry-after": _BUSY_RETRY_SECONDS},
+            )
+        if self.held + size > self.instance_limit:
+            logger.warning("shedding a request: %d request-body bytes already in flight", self.held)
+            raise GatewayError(
+                503, "The gateway instance is busy receiving other requests; retry shortly.",
+                outcome="gateway_busy", headers={"retry-after": _BUSY_RETRY_SECONDS},
+            )
+        self._by_person[person] = mine + size
+        self.held += size
+
+    def give_back(self, person: str, size: int) -> None:
+        if size <= 0:
+            return
+        left = self._by_person.get(person, 0) - size
+        if left > 0:
+            self._by_person[person] = left
+        else:
+            self._by_person.pop(person, None)
+        self.held -= size
+
+
+class BodyLease:
+    """What one request holds of the allowance (for the verified `person`), given back when the request ends."""
+
+    __slots__ = ("_allowance", "person", "size")
+
+    def __init__(self, allowance: BodyAllowance) -> None:
+        self._allowance = allowance
+        self.person = ""
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        self._allowance.take(self.person, size)
+        self.size += size
+
+    def release(self) -> None:
+        self._allowance.give_back(self.person, self.size)
+        self.size = 0
 
 
 def new_record(scope: Scope) -> AuditRecord:
@@ -69,7 +136,10 @@ def iap_assertion(headers: list[tuple[bytes, bytes]]) -> str | None:
     return found[0].decode("latin-1") if found else None
 
 
-async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Any, limit: int, lease: BodyLease, deadline: float) -> bytes:
+    """The whole body, within `limit` bytes and `deadline` seconds, its bytes held against `lease` as they come
+    (a declared Content-Length up front)."""
+    declared = None
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -78,19 +148,30 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
                 raise GatewayError(400, "Invalid Content-Length header.", outcome="bad_request") from None
             if declared > limit:
                 raise _too_large(limit)
+    if declared:
+        lease.take(declared)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise GatewayError(499, "Client disconnected while sending the request.", outcome="client_disconnect")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(deadline):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise GatewayError(
+                        499, "Client disconnected while sending the request.", outcome="client_disconnect"
+                    )
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                if size > lease.size:
+                    lease.take(size - lease.size)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        message = f"The request body did not arrive within {deadline:g} seconds."
+        raise GatewayError(408, message, outcome="bad_request", headers={"connection": "close"}) from None
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -99,6 +180,8 @@ def _too_large(limit: int) -> GatewayError:
 
 
 def parse_body(scope: Scope, body: bytes) -> ParsedBody:
+    """The fields policy reads, read as the upstream would read them (or refused), and the body to relay:
+    re-serialised from what was parsed, so a duplicate key cannot mean one thing here and another upstream."""
     content_type = b""
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -113,12 +196,33 @@ def parse_body(scope: Scope, body: bytes) -> ParsedBody:
     if not isinstance(data, dict):
         raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
     model = data.get("model")
-    max_tokens = data.get("max_tokens")
-    return ParsedBody(
-        model=model if isinstance(model, str) else None,
-        stream=data.get("stream") is True,
-        max_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
-    )
+    if model is not None and not isinstance(model, str):
+        raise GatewayError(400, "model: must be a string.", outcome="bad_request")
+    stream = data.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise GatewayError(400, "stream: must be true or false.", outcome="bad_request")
+    return ParsedBody(model=model, stream=stream is True, max_tokens=_max_tokens(data), body=_dumps(data))
+
+
+def _max_tokens(data: dict[str, Any]) -> int | None:
+    """max_tokens as a count: an integer, or a float with no fraction (64000.0, 6.4e4), which a JSON reader may
+    take for one; anything else (a string, a fraction, true) is refused rather than left unchecked."""
+    value = data.get("max_tokens")
+    if value is None:
+        return None
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise GatewayError(400, "max_tokens: must be an integer.", outcome="bad_request")
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError):
+        # What only the lenient reader took (a lone surrogate, an integer past 64 bits) goes back out the same way.
+        return json.dumps(data).encode()
 
 
 def _loads_lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:

@@ -45,6 +45,8 @@ class Usage:
     """A stream's message_start was seen (a JSON reply: it parsed as an object)."""
     finished: bool = False
     """A stream's message_stop was seen (a JSON reply: it parsed as an object, or was too large to hold)."""
+    estimated: bool = False
+    """Some counts are the gateway's estimate: the reply was cut before the upstream reported them."""
 
 
 def _int(value: object) -> int | None:
@@ -130,10 +132,29 @@ def to_lf(chunk: bytes, last_cr: bool) -> tuple[bytes, bool]:
     return chunk, False
 
 
+# Estimating the output of a stream cut before its final message_delta (the client hung up, the shutdown cut it):
+# the text relayed is what the upstream generated and bills. A text delta costs _DELTA_FRAMING bytes of framing
+# besides its text (the wire format Anthropic sends), and a token of text is taken as ESTIMATE_BYTES_PER_TOKEN
+# bytes: Claude's tokens average 3.5-4 bytes of English and JSON escapes add bytes, so 3 errs toward charging a
+# little more than the upstream will.
+_DELTA_FRAMING = len(
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":""}}\n\n'
+)
+ESTIMATE_BYTES_PER_TOKEN = 3
+# The input of a request whose reply never reported it (the client left before message_start, or a non-streaming
+# reply was cut), from the request's JSON size: prompts run about 4 bytes a token, and JSON framing adds bytes.
+ESTIMATE_BYTES_PER_INPUT_TOKEN = 4
+_DELTA_TYPE = b'"content_block_delta"'
+
+
 class SSEMeter:
     """Reads Anthropic SSE bytes as they are relayed, chunk boundaries anywhere."""
 
-    __slots__ = ("usage", "_buf", "_scan_from", "_last_cr", "_skipping", "_started", "_limit", "_done")
+    __slots__ = (
+        "usage", "_buf", "_scan_from", "_last_cr", "_skipping", "_started", "_limit", "_done", "_event_bytes",
+        "_deltas", "_final",
+    )
 
     def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self.usage = Usage()
@@ -148,6 +169,11 @@ class SSEMeter:
         self._started = False
         self._limit = limit
         self._done = False
+        # For the estimate of a cut stream: the bytes of text delta events, how many, and whether the upstream's
+        # final count (message_delta) arrived.
+        self._event_bytes = 0
+        self._deltas = 0
+        self._final = False
 
     def feed(self, chunk: bytes) -> None:
         """Take the next relayed bytes; never raises, whatever they are."""
@@ -173,6 +199,14 @@ class SSEMeter:
         self._buf.clear()
         self._skipping = False
         self._done = True  # Nothing is read after the end.
+        usage = self.usage
+        if usage.started and not self._final:
+            # Cut before the final count: charge at least the text that was relayed.
+            text = max(0, self._event_bytes - self._deltas * _DELTA_FRAMING)
+            estimate = -(-text // ESTIMATE_BYTES_PER_TOKEN)
+            if estimate > (usage.output_tokens or 0):
+                usage.output_tokens = estimate
+                usage.estimated = True
 
     def _feed(self, chunk: bytes) -> None:
         chunk, self._last_cr = to_lf(chunk, self._last_cr)
@@ -209,6 +243,15 @@ class SSEMeter:
             self._started = True
             if events.startswith(_BOM):
                 events = events[3:]
+        delta = events.find(_DELTA_TYPE)
+        while delta >= 0:
+            # The bytes of each text delta event, for the estimate of a stream cut before its final count.
+            start = events.rfind(b"\n\n", 0, delta)
+            end = events.find(b"\n\n", delta)
+            end = len(events) if end < 0 else end
+            self._event_bytes += end - (0 if start < 0 else start + 2)
+            self._deltas += 1
+            delta = events.find(_DELTA_TYPE, end)
         # Every event we read names message_start, message_delta or error somewhere in its bytes. Most events
         # of a reply are content_block_delta ones that do not, so only the events around a match are parsed.
         limit = self._limit
@@ -285,6 +328,7 @@ class SSEMeter:
             # output_tokens is cumulative: the latest value is the total. Newer APIs repeat the input and cache
             # counts here too; when present they are the final word.
             _take_usage(self.usage, _dict(body.get("usage")))
+            self._final = True
         elif kind == "message_stop":
             self.usage.finished = True
         elif kind == "error":

@@ -233,6 +233,16 @@ class PriceTable:
                 )
         return Priced(float(price.cost(usage)), price.model, rule, price.source)
 
+    def most_micros(self, model: str | None, input_tokens: int, output_tokens: int) -> int:
+        """The most a request with this input and output can cost, in micro-dollars, at its model's list rates
+        (the long-prompt tier where it applies), for holding against budgets while it runs."""
+        price, _ = self.price_for(model)
+        rates = price.rates
+        if price.long_prompt is not None and input_tokens > price.long_prompt_above:
+            rates = price.long_prompt
+        # USD per million tokens times tokens is micro-dollars.
+        return int(input_tokens * rates.input + output_tokens * rates.output + 1)
+
     def prometheus_text(self) -> str:
         """The fallback counter for `GET /metrics` (model names stay in the log: clients choose them)."""
         metric = "gateway_price_fallback_requests_total"

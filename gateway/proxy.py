@@ -14,8 +14,8 @@ from gateway.audit.record import SHUTDOWN, AuditRecord
 from gateway.errors import GatewayError, error_body
 from gateway.headers import client_response_headers, upstream_request_headers
 from gateway.identity import DomainNotAllowed
-from gateway.intake import ParsedBody, iap_assertion, new_record, parse_body, read_body
-from gateway.metering import JSONMeter, SSEMeter, Usage
+from gateway.intake import BodyLease, ParsedBody, iap_assertion, new_record, parse_body, read_body
+from gateway.metering import ESTIMATE_BYTES_PER_INPUT_TOKEN, JSONMeter, SSEMeter, Usage
 from gateway.policy import Admission, PolicyRefusal, RequestFacts
 from gateway.pricing import PriceTable
 from gateway.upstreams import UpstreamCall, UpstreamUnavailable
@@ -112,8 +112,9 @@ class GatewayEndpoint:
         record = new_record(scope)
         response = _Response(send, record, started_at)
         gateway.in_flight += 1
+        lease = BodyLease(gateway.bodies)
         try:
-            await self._handle(gateway, scope, receive, response, record)
+            await self._handle(gateway, scope, receive, response, record, lease)
         except GatewayError as exc:
             _note_error(record, exc.status, exc.outcome, exc.error_type, exc.message)
             if not response.started:
@@ -133,6 +134,7 @@ class GatewayEndpoint:
                         await response.error(_shutdown_error())
             raise
         finally:
+            lease.release()
             record.duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
             if response.capture is None:
                 gateway.writer.submit(record)
@@ -143,7 +145,8 @@ class GatewayEndpoint:
                 log_access(record, gateway.settings.google_cloud_project)
 
     async def _handle(
-        self, gateway: Gateway, scope: Scope, receive: Any, response: _Response, record: AuditRecord
+        self, gateway: Gateway, scope: Scope, receive: Any, response: _Response, record: AuditRecord,
+        lease: BodyLease,
     ) -> None:
         try:
             principal = await gateway.verifier.verify(iap_assertion(scope["headers"]))
@@ -151,6 +154,7 @@ class GatewayEndpoint:
             _note_principal(record, exc.principal)
             raise
         _note_principal(record, principal)
+        lease.person = principal.email
 
         path, method = record.path, record.method
         vertex = match_vertex_path(path)
@@ -165,9 +169,11 @@ class GatewayEndpoint:
                 headers={"allow": expected_method},
             )
 
-        body = await read_body(scope, receive, gateway.settings.max_body_bytes)
+        settings = gateway.settings
+        body = await read_body(scope, receive, settings.max_body_bytes, lease, settings.body_read_timeout_seconds)
         record.request_bytes = len(body)
-        parsed = parse_body(scope, body) if method == "POST" else ParsedBody()
+        parsed = parse_body(scope, body) if method == "POST" else ParsedBody(body=body)
+        body = parsed.body
         query, headers = scope.get("query_string", b""), upstream_request_headers(scope["headers"])
         if vertex is not None:
             # A Vertex-protocol request becomes the same Anthropic request: any upstream serves it, one meter reads it.
@@ -177,8 +183,15 @@ class GatewayEndpoint:
         record.requested_model = parsed.model
         record.stream = parsed.stream
 
+        reserve_tokens = reserve_micros = 0
+        if path == "/v1/messages":
+            # Held against the person's limits while the request runs: the input (from its size) and max_tokens.
+            input_estimate, output_most = -(-len(body) // ESTIMATE_BYTES_PER_INPUT_TOKEN), parsed.max_tokens or 0
+            reserve_tokens = input_estimate + output_most
+            reserve_micros = gateway.prices.most_micros(parsed.model, input_estimate, output_most)
         facts = RequestFacts(
-            principal=principal, path=path, model=parsed.model, max_tokens=parsed.max_tokens, stream=parsed.stream
+            principal=principal, path=path, model=parsed.model, max_tokens=parsed.max_tokens, stream=parsed.stream,
+            reserve_tokens=reserve_tokens, reserve_micros=reserve_micros,
         )
         try:
             admission = await gateway.policy.admit(facts)
@@ -284,6 +297,11 @@ class GatewayEndpoint:
             meter.finish()
 
         usage = meter.usage
+        if (disconnected or cut.done) and usage.input_tokens is None and call.path == "/v1/messages":
+            # The upstream had the request and bills its input, reply or not: charge an estimate from its size.
+            usage.input_tokens = -(-len(call.body) // ESTIMATE_BYTES_PER_INPUT_TOKEN)
+            usage.output_tokens = usage.output_tokens or 0
+            usage.estimated = True
         _note_usage(record, usage)
         if disconnected:
             record.outcome = "client_disconnect"
@@ -403,4 +421,5 @@ def _note_usage(record: AuditRecord, usage: Usage) -> None:
     record.web_search_requests = usage.web_search_requests
     record.inference_geo = usage.inference_geo
     record.speed = usage.speed
+    record.usage_estimated = usage.estimated or None
 

@@ -75,6 +75,7 @@ class AuditRecord:
     priced_as: str | None = None
     price_rule: str | None = None
     price_source: str | None = None
+    usage_estimated: bool | None = None
 
     def to_row(self) -> dict[str, Any]:
         """A JSON-ready row: RFC 3339 UTC timestamp, free text truncated to documented limits."""

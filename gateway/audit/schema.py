@@ -41,7 +41,8 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
         "outcome",
         "STRING",
         "ok, client_disconnect, upstream_error, denied, rate_limited, unauthenticated, bad_request, "
-        "not_found, gateway_error, shutdown (cut short as the instance stopped); started for the row written while "
+        "not_found, gateway_error, gateway_busy (the instance shed it: too many request bytes in flight), shutdown "
+        "(cut short as the instance stopped); started for the row written while "
         "a request runs, which its final row (same request_id) supersedes.",
         "REQUIRED",
     ),
@@ -82,6 +83,12 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
         "family, or of any model, was charged).",
     ),
     Column("price_source", "STRING", "Price data that costed the row, with its version, e.g. genai-prices 0.2.3."),
+    Column(
+        "usage_estimated",
+        "BOOL",
+        "True when token counts are the gateway's estimate: the reply was cut (client hang-up, shutdown) before "
+        "the upstream reported them; output from the text relayed, input from the request size.",
+    ),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in AUDIT_COLUMNS)

@@ -19,6 +19,11 @@ class RequestFacts:
     model: str | None
     max_tokens: int | None
     stream: bool
+    reserve_tokens: int = 0
+    """The most tokens the request may use (an input estimate plus max_tokens): held against the person's limits
+    while it runs, so requests in flight together cannot overshoot them."""
+    reserve_micros: int = 0
+    """The most the request may cost, in micro-dollars, held the same way against budgets."""
 
 
 @dataclass(slots=True)

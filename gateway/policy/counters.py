@@ -28,6 +28,17 @@ class Quota:
 
 
 @dataclass(frozen=True, slots=True)
+class Reserve:
+    """What a request may use at most, held while it runs: tokens and micro-dollars."""
+
+    tokens: int = 0
+    micros: int = 0
+
+
+NO_RESERVE = Reserve()
+
+
+@dataclass(frozen=True, slots=True)
 class Exceeded:
     """A limit that refused an admission: its policy name, how much is used, and when it frees up (epoch
     seconds; None when that cannot be known: a concurrency slot, or a limit of zero)."""
@@ -35,6 +46,9 @@ class Exceeded:
     limit: str
     used: int
     retry_at: float | None
+    held: int = 0
+    """Held by the person's other requests in flight: when `used` alone is under the limit, it is these that fill
+    it, and they free up as those requests finish (settling to what they really used)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +71,13 @@ class Counters(Protocol):
 
     async def start(self) -> None: ...
 
-    async def acquire(self, user: str, request_id: str, quota: Quota, now: float) -> Exceeded | None:
-        """Admit (recording the request, and holding a concurrency slot if limited) or say which limit refused."""
+    async def acquire(
+        self, user: str, request_id: str, quota: Quota, now: float, reserve: Reserve = NO_RESERVE
+    ) -> Exceeded | None:
+        """Admit (recording the request, holding a concurrency slot if limited and `reserve` against the token and
+        budget limits until it settles) or say which limit refused. What other requests in flight hold counts
+        against the limits as if spent; the request's own reservation does not, so one request alone is admitted
+        whenever the person is under the limit."""
         ...
 
     async def settle(self, user: str, request_id: str, now: float, *, tokens: int, micros: int) -> None:
@@ -99,6 +118,7 @@ class _Person:
     tokens: deque[tuple[float, int]] = field(default_factory=deque)
     spend: dict[str, int] = field(default_factory=dict)
     in_flight: set[str] = field(default_factory=set)
+    reserved: dict[str, Reserve] = field(default_factory=dict)
 
     def prune(self, now: float) -> None:
         since = now - WINDOW
@@ -112,7 +132,7 @@ class _Person:
 
     @property
     def idle(self) -> bool:
-        return not (self.requests or self.tokens or self.spend or self.in_flight)
+        return not (self.requests or self.tokens or self.spend or self.in_flight or self.reserved)
 
 
 class InProcessCounters:
@@ -127,7 +147,9 @@ class InProcessCounters:
     async def start(self) -> None:
         return None
 
-    async def acquire(self, user: str, request_id: str, quota: Quota, now: float) -> Exceeded | None:
+    async def acquire(
+        self, user: str, request_id: str, quota: Quota, now: float, reserve: Reserve = NO_RESERVE
+    ) -> Exceeded | None:
         # No awaits from here to the end: under asyncio the check and the update happen as one step.
         self._sweep()
         person = self._people.setdefault(user, _Person())
@@ -139,11 +161,14 @@ class InProcessCounters:
             person.requests.append(now)
         if quota.max_concurrent_requests is not None:
             person.in_flight.add(request_id)
+        if reserve != NO_RESERVE:
+            person.reserved[request_id] = reserve
         return None
 
     async def settle(self, user: str, request_id: str, now: float, *, tokens: int, micros: int) -> None:
         person = self._people.setdefault(user, _Person())
         person.in_flight.discard(request_id)
+        person.reserved.pop(request_id, None)
         person.prune(now)
         if tokens > 0:
             person.tokens.append((now, tokens))
@@ -181,26 +206,29 @@ class InProcessCounters:
 
 
 def _check(person: _Person, quota: Quota, now: float) -> Exceeded | None:
-    """The same checks, in the same order, as the Redis script: the slowest to free up first."""
+    """The same checks, in the same order, as the Redis script: the slowest to free up first. What the person's
+    requests in flight hold counts as used."""
+    held_micros = sum(reserve.micros for reserve in person.reserved.values())
+    held_tokens = sum(reserve.tokens for reserve in person.reserved.values())
     if quota.monthly_budget_micros is not None:
         spent = person.spend.get(month_of(now), 0)
-        if spent >= quota.monthly_budget_micros:
-            return Exceeded("monthly_budget_usd", spent, month_ends(now).timestamp())
+        if spent + held_micros >= quota.monthly_budget_micros:
+            return Exceeded("monthly_budget_usd", spent, month_ends(now).timestamp(), held_micros)
     if quota.daily_budget_micros is not None:
         spent = person.spend.get(day_of(now), 0)
-        if spent >= quota.daily_budget_micros:
-            return Exceeded("daily_budget_usd", spent, day_ends(now).timestamp())
+        if spent + held_micros >= quota.daily_budget_micros:
+            return Exceeded("daily_budget_usd", spent, day_ends(now).timestamp(), held_micros)
     if quota.tokens_per_minute is not None:
         limit = quota.tokens_per_minute
         total = sum(count for _, count in person.tokens)
-        if total >= limit:
-            left, free_at = total, None
+        if total + held_tokens >= limit:
+            left, free_at = total + held_tokens, None
             for at, count in person.tokens:
                 left -= count
                 if left < limit:
                     free_at = at + WINDOW
                     break
-            return Exceeded("tokens_per_minute", total, free_at)
+            return Exceeded("tokens_per_minute", total, free_at, held_tokens)
     if quota.requests_per_minute is not None:
         limit = quota.requests_per_minute
         count = len(person.requests)

@@ -14,7 +14,7 @@ from decimal import Decimal
 from gateway.identity import Principal, fold_case
 from gateway.metering import Usage
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
-from gateway.policy.counters import MICROS, Counters, CountersUnavailable, Exceeded, Quota
+from gateway.policy.counters import MICROS, Counters, CountersUnavailable, Exceeded, Quota, Reserve
 from gateway.policy.groups import GroupResolver
 from gateway.policy.model import Decision, Limits, ModelPattern, Policy, decide, format_value
 
@@ -105,7 +105,8 @@ class GroupPolicy:
         lease = uuid.uuid4().hex
         now = self._clock()
         try:
-            exceeded = await self.counters.acquire(email, lease, _quota(limits), now)
+            reserve = Reserve(facts.reserve_tokens, facts.reserve_micros)
+            exceeded = await self.counters.acquire(email, lease, _quota(limits), now, reserve)
         except CountersUnavailable as exc:
             if not self.fail_open:
                 raise PolicyRefusal(
@@ -209,7 +210,18 @@ def _refusal(
     source = limits.source.get(name, rule or "")
     wait = max(1, math.ceil(exceeded.retry_at - now)) if exceeded.retry_at is not None else None
     headers: dict[str, str] = {}
-    if name in ("daily_budget_usd", "monthly_budget_usd"):
+    if exceeded.held and exceeded.used < limit * (MICROS if name.endswith("_usd") else 1):
+        # Under the limit, but the requests still running may use the rest: retry when one has finished.
+        if name == "tokens_per_minute":
+            amounts = f"{exceeded.used} tokens used in the last minute and up to {exceeded.held} more"
+        else:
+            amounts = f"{_usd(exceeded.used)} spent and up to {_usd(exceeded.held)} more"
+        message = (
+            f"Your requests still running may use the rest of your {format_value(name, limit)} limit "
+            f"({name}, rule {source}): {amounts} held by them. Try again when one finishes."
+        )
+        headers = {"retry-after": str(CONCURRENCY_RETRY_AFTER)}
+    elif name in ("daily_budget_usd", "monthly_budget_usd"):
         period, spent_when = ("Daily", "today") if name == "daily_budget_usd" else ("Monthly", "this month")
         resets = datetime.fromtimestamp(exceeded.retry_at or now, UTC).strftime("%Y-%m-%d %H:%M UTC")
         message = (

@@ -16,10 +16,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.policy.counters import (
+    NO_RESERVE,
     WINDOW,
     CountersUnavailable,
     Exceeded,
     Quota,
+    Reserve,
     Snapshot,
     day_ends,
     day_of,
@@ -44,39 +46,53 @@ DAY_TTL = 2 * 86_400 + 3_600
 MONTH_TTL = 40 * 86_400
 
 # KEYS: 1 admissions log, 2 tokens log, 3 spend today, 4 spend this month, 5 in-flight leases, 6 this request's
-#       cancellation mark.
+#       cancellation mark, 7 what requests in flight hold (hash: request id -> "tokens:micros").
 # ARGV: 1 now (ms), 2 request id, 3 rpm, 4 tpm, 5 daily budget, 6 monthly budget (micro-dollars), 7 max in flight,
-#       8 lease ttl (ms). A limit of -1 is no limit.
-# Returns {} when admitted, else {limit, amount used, ms when it frees up or -1}. Checks first, writes after:
-# a refused request changes nothing, and neither does one the gateway cancelled before the script got to run.
+#       8 lease ttl (ms), 9 tokens to hold, 10 micro-dollars to hold, 11 take a lease (1) or not (0).
+#       A limit of -1 is no limit.
+# Returns {} when admitted, else {limit, amount used, ms when it frees up or -1, amount held by others}. Checks
+# first, writes after: a refused request changes nothing, and neither does one the gateway cancelled before the
+# script got to run. What live leases hold counts as used; an expired lease's hold is dropped with it.
 ACQUIRE = """
-if redis.call('EXISTS', KEYS[6]) == 1 then return {'cancelled', 0, -1} end
+if redis.call('EXISTS', KEYS[6]) == 1 then return {'cancelled', 0, -1, 0} end
 local now = tonumber(ARGV[1])
 local since = now - 60000
 local rpm, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
 local day, month, inflight = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local function tokens_of(member) return tonumber(string.match(member, ':(%d+)$')) or 0 end
 
+local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now)
+if #expired > 0 then
+  redis.call('HDEL', KEYS[7], unpack(expired))
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+end
+local held_tokens, held_micros = 0, 0
+for _, value in ipairs(redis.call('HVALS', KEYS[7])) do
+  local tokens, micros = string.match(value, '^(%d+):(%d+)$')
+  held_tokens = held_tokens + (tonumber(tokens) or 0)
+  held_micros = held_micros + (tonumber(micros) or 0)
+end
+
 if month >= 0 then
   local spent = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if spent >= month then return {'monthly_budget_usd', spent, -1} end
+  if spent + held_micros >= month then return {'monthly_budget_usd', spent, -1, held_micros} end
 end
 if day >= 0 then
   local spent = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if spent >= day then return {'daily_budget_usd', spent, -1} end
+  if spent + held_micros >= day then return {'daily_budget_usd', spent, -1, held_micros} end
 end
 if tpm >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', since)
   local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
   local total = 0
   for i = 1, #entries, 2 do total = total + tokens_of(entries[i]) end
-  if total >= tpm then
-    local left, free_at = total, -1
+  if total + held_tokens >= tpm then
+    local left, free_at = total + held_tokens, -1
     for i = 1, #entries, 2 do
       left = left - tokens_of(entries[i])
       if left < tpm then free_at = tonumber(entries[i + 1]) + 60000; break end
     end
-    return {'tokens_per_minute', total, free_at}
+    return {'tokens_per_minute', total, free_at, held_tokens}
   end
 end
 if rpm >= 0 then
@@ -88,21 +104,24 @@ if rpm >= 0 then
       local entry = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
       free_at = tonumber(entry[2]) + 60000
     end
-    return {'requests_per_minute', count, free_at}
+    return {'requests_per_minute', count, free_at, 0}
   end
 end
 if inflight >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
   local count = redis.call('ZCARD', KEYS[5])
-  if count >= inflight then return {'max_concurrent_requests', count, -1} end
+  if count >= inflight then return {'max_concurrent_requests', count, -1, 0} end
 end
 if rpm >= 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[2])
   redis.call('PEXPIRE', KEYS[1], 61000)
 end
-if inflight >= 0 then
+if ARGV[11] == '1' then
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[2])
   redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8]))
+  if tonumber(ARGV[9]) > 0 or tonumber(ARGV[10]) > 0 then
+    redis.call('HSET', KEYS[7], ARGV[2], ARGV[9] .. ':' .. ARGV[10])
+    redis.call('PEXPIRE', KEYS[7], tonumber(ARGV[8]))
+  end
 end
 return {}
 """
@@ -164,12 +183,18 @@ class RedisCounters:
         # The braces make one hash slot per person, so the script's keys stay together on a Redis cluster.
         base = f"{self._prefix}:{{{user}}}"
         return [f"{base}:req", f"{base}:tok", f"{base}:usd:{day_of(now)}", f"{base}:usd:{month_of(now)}",
-                f"{base}:inflight"]
+                f"{base}:inflight", f"{base}:held"]
 
     def _cancel_key(self, user: str, request_id: str) -> str:
         return f"{self._prefix}:{{{user}}}:cancelled:{request_id}"
 
-    async def acquire(self, user: str, request_id: str, quota: Quota, now: float) -> Exceeded | None:
+    async def acquire(
+        self, user: str, request_id: str, quota: Quota, now: float, reserve: Reserve = NO_RESERVE
+    ) -> Exceeded | None:
+        # A lease (renewed while the request runs, given back when it settles) carries the concurrency slot and
+        # what the request holds against the token and budget limits.
+        holds = _holds(quota, reserve)
+        leased = quota.max_concurrent_requests is not None or holds != NO_RESERVE
         args: list[int | str] = [
             int(now * 1000),
             request_id,
@@ -179,8 +204,12 @@ class RedisCounters:
             _limit(quota.monthly_budget_micros),
             _limit(quota.max_concurrent_requests),
             self._lease_ttl_ms,
+            holds.tokens,
+            holds.micros,
+            1 if leased else 0,
         ]
-        keys = [*self._keys(user, now), self._cancel_key(user, request_id)]
+        *person, held = self._keys(user, now)
+        keys = [*person, self._cancel_key(user, request_id), held]
 
         async def admit() -> list[Any]:
             if self._abandoned:
@@ -189,26 +218,26 @@ class RedisCounters:
 
         result = await self._call(admit, abandoned=(user, request_id, True))
         if not result:
-            if quota.max_concurrent_requests is not None:
+            if leased:
                 self._held[request_id] = user
             return None
         limit = result[0].decode() if isinstance(result[0], bytes) else str(result[0])
         if limit == "cancelled":  # only an id the gateway already gave up on could get here
             raise CountersUnavailable(f"admission {request_id} was cancelled")
-        used, free_at_ms = int(result[1]), int(result[2])
+        used, free_at_ms, held_by_others = int(result[1]), int(result[2]), int(result[3])
         retry_at: float | None = free_at_ms / 1000 if free_at_ms >= 0 else None
         if limit == "daily_budget_usd":
             retry_at = day_ends(now).timestamp()
         elif limit == "monthly_budget_usd":
             retry_at = month_ends(now).timestamp()
-        return Exceeded(limit, used, retry_at)
+        return Exceeded(limit, used, retry_at, held_by_others)
 
     async def settle(self, user: str, request_id: str, now: float, *, tokens: int, micros: int) -> None:
         # Forget the lease first: if Redis is away it is released later (or expires), and is never renewed again.
         held = self._held.pop(request_id, None) is not None
         if not (held or tokens > 0 or micros > 0):
             return
-        requests_log, tokens_log, day, month, inflight = self._keys(user, now)
+        requests_log, tokens_log, day, month, inflight, held_key = self._keys(user, now)
 
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -222,6 +251,7 @@ class RedisCounters:
                     pipe.expire(month, MONTH_TTL)
                 if held:
                     pipe.zrem(inflight, request_id)
+                    pipe.hdel(held_key, request_id)
                 await pipe.execute()
 
         try:
@@ -233,7 +263,7 @@ class RedisCounters:
             raise
 
     async def snapshot(self, user: str, now: float) -> Snapshot:
-        requests_log, tokens_log, day, month, inflight = self._keys(user, now)
+        requests_log, tokens_log, day, month, inflight, _ = self._keys(user, now)
         since = int(now * 1000) - WINDOW_MS
 
         async def read() -> list[Any]:
@@ -321,9 +351,10 @@ class RedisCounters:
         batch = list(self._abandoned.items())
         async with self._redis.pipeline(transaction=False) as pipe:
             for request_id, (user, admission) in batch:
-                requests_log, _, _, _, inflight = self._keys(user, 0)  # the spend keys are not needed
+                requests_log, _, _, _, inflight, held = self._keys(user, 0)  # the spend keys are not needed
                 pipe.set(self._cancel_key(user, request_id), b"1", px=CANCELLED_TTL_MS)
                 pipe.zrem(inflight, request_id)
+                pipe.hdel(held, request_id)
                 if admission:
                     pipe.zrem(requests_log, request_id)
             await pipe.execute()
@@ -349,11 +380,20 @@ class RedisCounters:
         expires = int(time.time() * 1000) + self._lease_ttl_ms
         async with self._redis.pipeline(transaction=False) as pipe:
             for request_id, user in held:
-                inflight = self._keys(user, time.time())[4]
-                pipe.zadd(inflight, {request_id: expires}, xx=True)
-                pipe.pexpire(inflight, self._lease_ttl_ms)
+                keys = self._keys(user, time.time())
+                pipe.zadd(keys[4], {request_id: expires}, xx=True)
+                pipe.pexpire(keys[4], self._lease_ttl_ms)
+                pipe.pexpire(keys[5], self._lease_ttl_ms)
             await pipe.execute()
 
 
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
+
+
+def _holds(quota: Quota, reserve: Reserve) -> Reserve:
+    """The part of a reservation some limit looks at: tokens under a token limit, dollars under a budget."""
+    budgeted = quota.daily_budget_micros is not None or quota.monthly_budget_micros is not None
+    return Reserve(
+        reserve.tokens if quota.tokens_per_minute is not None else 0, reserve.micros if budgeted else 0
+    )

@@ -41,7 +41,8 @@ def test_streamed_reply_is_relayed_byte_for_byte_with_upstream_headers(stack: St
 
 def test_request_body_query_and_anthropic_headers_reach_upstream_unchanged(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
-    body = b'{"model": "claude-sonnet-4-5",   "max_tokens": 5, "messages": [{"role":"user","content":"x"}]}'
+    body = (b'{"model": "claude-sonnet-4-5",   "max_tokens": 5, "messages": [{"role":"user","content":"x \\u00e9"}],'
+            b' "future_field": {"n": 1.5, "big": 123456789012345678}}')
 
     post(
         stack,
@@ -55,7 +56,9 @@ def test_request_body_query_and_anthropic_headers_reach_upstream_unchanged(stack
     )
 
     seen = stack.upstream.requests[-1]
-    assert seen.body == body
+    # The JSON the gateway read, written back compactly: the same fields, values and order, unknown ones included.
+    assert seen.body == orjson.dumps(orjson.loads(body))
+    assert list(orjson.loads(seen.body)) == ["model", "max_tokens", "messages", "future_field"]
     assert seen.query == b"beta=true"
     assert seen.header("anthropic-version") == "2023-06-01"
     assert seen.header("anthropic-beta") == "claude-code-20250219,interleaved-thinking-2025-05-14"
