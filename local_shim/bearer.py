@@ -34,6 +34,11 @@ _ALGORITHMS = ["HS256"]
 Kind = Literal["access", "refresh"]
 
 
+def looks_like_jwt(value: str) -> bool:
+    """True for a compact JWS (three dot-separated parts, a JSON header): a sign-in token rather than the secret."""
+    return value.startswith("eyJ") and value.count(".") == 2
+
+
 class InvalidBearer(Exception):
     """A token this install did not issue, or one that expired or was revoked; the message says which."""
 

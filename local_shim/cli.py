@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from gateway.terminal import escape_text, field
 from local_shim.auth import build_provider
+from local_shim.bearer import revoke_all_sign_ins
 from local_shim.checks import Check, run_checks
 from local_shim.config import DEFAULT_PORT, ShimSettings, config_dir, load_settings, read_config_file, write_config_file
 from local_shim.errors import ConfigError, ShimError
@@ -114,6 +115,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
 
     store = TokenStore(config_dir(), settings.token_store)
     result = asyncio.run(login(settings, store, open_browser=open_browser))
+    revoke_all_sign_ins(config_dir())  # a Claude Code sign-in approved for the previous account ends here
     out.line(f"Signed in as {result.email or 'your Google account'}; the sign-in is stored in {result.stored_in}.")
     out.line("Next: `claude-shim run -- claude`.")
     return 0
@@ -144,6 +146,7 @@ def cmd_logout(args: argparse.Namespace, out: Output) -> int:
     settings = _settings(args)
     store = TokenStore(config_dir(), settings.token_store)
     was_signed_in, revoked = asyncio.run(logout(settings, store))
+    revoke_all_sign_ins(config_dir())  # Claude Code's sign-ins to this shim end with the Google one
     if not was_signed_in:
         out.line("Not signed in.")
     elif revoked:

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from local_shim.auth import IdToken, TokenProvider, build_provider
-from local_shim.bearer import Bearers, Grant, InvalidBearer
+from local_shim.bearer import Bearers, Grant, InvalidBearer, looks_like_jwt
 from local_shim.config import ShimSettings, config_dir, is_loopback_host
 from local_shim.device_flow import DeviceFlow
 from local_shim.errors import AuthError, ConfigError, ShimError, error_body
@@ -184,11 +184,11 @@ class Forwarder:
         try:
             return self.bearers.verify(offered[-1], "access")
         except InvalidBearer as error:
-            logger.warning("refused a sign-in token (%s): %s %s", error, request.method, request.url.path)
+            logger.warning("refused a credential (%s): %s %s", error, request.method, request.url.path)
+            if looks_like_jwt(offered[-1]):
+                return _error(401, f"Your Claude Code sign-in to claude-shim is not valid ({error}): {SIGN_IN_HINT}.")
             return _error(
-                401,
-                f"Wrong claude-shim local secret or sign-in token ({error}): {SECRET_HINT}; "
-                f"for the gateway sign-in, {SIGN_IN_HINT}.",
+                401, f"Wrong claude-shim local secret: {SECRET_HINT}; for the gateway sign-in, {SIGN_IN_HINT}."
             )
 
     async def identity(self) -> str:

@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ from starlette.routing import Route
 from local_shim.auth import TokenProvider
 from local_shim.config import ShimSettings
 from local_shim.server import bind_loopback, create_app, make_server
-from tests.support.servers import lifespan, run_in_thread, serve
+from local_shim.store import StoredLogin, TokenStore
+from tests.support.anthropic_sse import SSE_HEADERS, stream_events
+from tests.support.servers import FakeUpstream, Reply, lifespan, run_in_thread, serve
 
 CLIENT_ID = "1234-desktop.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-desktop-client-secret"
@@ -189,7 +191,13 @@ class FakeGoogle:
             status, body = self.handle(form)
             return JSONResponse(body, status_code=status)
 
-        return Starlette(routes=[Route("/token", token, methods=["POST"])])
+        async def revoke(request: Request) -> Response:
+            token = dict(parse_qsl((await request.body()).decode())).get("token", "")
+            self.revoked.append(token)
+            self.refresh_tokens.pop(token, None)
+            return JSONResponse({})
+
+        return Starlette(routes=[Route("/token", token, methods=["POST"]), Route("/revoke", revoke, methods=["POST"])])
 
 
 @pytest.fixture
@@ -313,6 +321,38 @@ def servers() -> Iterator[Servers]:
     google, gateway = Switch(), Switch()
     with serve(google) as google_url, serve(gateway) as gateway_url:
         yield Servers(google, google_url, gateway, gateway_url)
+
+
+SECRET = "local-secret-for-tests"
+
+
+@dataclass
+class Stack:
+    google: FakeGoogle
+    iap: FakeIAP
+    gateway: FakeUpstream
+    google_url: str
+    iap_url: str
+
+    def settings(self, **overrides: Any) -> ShimSettings:
+        values = {"gateway_url": self.iap_url, "token_endpoint": f"{self.google_url}/token"} | overrides
+        return shim_settings(**values)
+
+    def shim(self, **overrides: Any) -> AbstractContextManager[str]:
+        return run_shim(self.settings(**overrides), secret=SECRET)
+
+
+@pytest.fixture
+def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: Servers) -> Stack:
+    TokenStore(config_dir).save(
+        StoredLogin(refresh_token=google.sign_in("ada@example.com"), client_id=CLIENT_ID, email="ada@example.com")
+    )
+    gateway = FakeUpstream()
+    gateway.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["Hello", " from", " the gateway"]))
+    iap = FakeIAP(gateway, google_key)
+    servers.google.app = google.asgi()
+    servers.gateway.app = iap
+    return Stack(google, iap, gateway, servers.google_url, servers.gateway_url)
 
 
 @contextmanager
