@@ -31,11 +31,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.app import create_app as create_gateway
+from gateway.config import Settings as GatewaySettings
+from gateway.dev.iap import AssertionSigner, Identity, LocalIAP
+from gateway.dev.mock_upstream import create_mock_upstream
 from local_shim.auth import TokenProvider
 from local_shim.config import ShimSettings
 from local_shim.server import bind_loopback, create_app, make_server
 from local_shim.store import StoredLogin, TokenStore
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
+from tests.support.audit import wait_for_rows
 from tests.support.servers import FakeUpstream, Reply, lifespan, run_in_thread, serve
 
 CLIENT_ID = "1234-desktop.apps.googleusercontent.com"
@@ -353,6 +358,66 @@ def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: 
     servers.google.app = google.asgi()
     servers.gateway.app = iap
     return Stack(google, iap, gateway, servers.google_url, servers.gateway_url)
+
+
+IAP_AUDIENCE = "/projects/123456789/locations/europe-west1/services/claude-gateway"
+MODEL = "claude-opus-5-5"
+
+
+@dataclass
+class LocalStack:
+    google: FakeGoogle
+    google_url: str
+    iap_url: str
+    audit_db: Path
+    identified: list[str]
+
+    def rows(self, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Audit rows, once the gateway's background writer has flushed `count` of them."""
+        return wait_for_rows(self.audit_db, count, timeout)
+
+
+@pytest.fixture
+def local_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> Iterator[LocalStack]:
+    signer = AssertionSigner()
+    identified: list[str] = []
+
+    async def identify(headers: Headers) -> Identity | None:
+        # IAP's programmatic access: a Google ID token for the allowlisted desktop client, or nothing.
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        try:
+            claims = google_key.verify(token, audience=CLIENT_ID)
+        except ValueError:
+            return None
+        identified.append(claims["email"])
+        return Identity(email=claims["email"], subject=f"accounts.google.com:{claims['sub']}")
+
+    async def public_keys(request: Any) -> JSONResponse:
+        return JSONResponse(signer.public_key_map())
+
+    keys = Starlette(routes=[Route("/public_key", public_keys)])
+    audit_db = tmp_path / "audit.db"
+    with serve(create_mock_upstream(deltas=6)) as upstream_url, serve(keys) as keys_url:
+        gateway = create_gateway(
+            GatewaySettings(
+                iap_audience=[IAP_AUDIENCE],
+                iap_certs_url=f"{keys_url}/public_key",
+                upstream_url=upstream_url,
+                anthropic_api_key="sk-ant-test-key",
+                audit_sink=f"sqlite:///{audit_db}",
+            )
+        )
+        iap = LocalIAP(gateway, signer=signer, audience=IAP_AUDIENCE, identify=identify)
+        with serve(google.asgi()) as google_url, serve(iap) as iap_url:
+            yield LocalStack(google, google_url, iap_url, audit_db, identified)
+
+
+def sign_in(google: FakeGoogle, directory: Path, email: str, mode: str = "auto") -> None:
+    TokenStore(directory, mode).save(  # type: ignore[arg-type]
+        StoredLogin(refresh_token=google.sign_in(email), client_id=CLIENT_ID, email=email)
+    )
 
 
 @contextmanager
