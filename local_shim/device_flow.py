@@ -135,7 +135,18 @@ class DeviceFlow:
             headers=NO_STORE,
         )
 
+    def _web_page_refusal(self, request: Request) -> Response | None:
+        """Claude Code sends no Origin; a browser does on every cross-origin POST, so a web page is refused here."""
+        origin = request.headers.get("origin")
+        if origin is None or origin.lower() in self.allowed_origins:
+            return None
+        logger.warning("refused a sign-in request from web origin %r", origin[:100])
+        return oauth_error("invalid_request", "Sign-in requests from web pages are not accepted.", 403)
+
     async def device_authorization(self, request: Request) -> Response:
+        refusal = self._web_page_refusal(request)
+        if refusal is not None:
+            return refusal
         await _form(request)  # `surface=claude_code` and anything else: recorded nowhere, never required
         self._forget_expired()
         if len(self._flows) >= MAX_PENDING:
@@ -164,6 +175,9 @@ class DeviceFlow:
         )
 
     async def token(self, request: Request) -> Response:
+        refusal = self._web_page_refusal(request)
+        if refusal is not None:
+            return refusal
         form = await _form(request)
         grant_type = form.get("grant_type", "")
         if grant_type == DEVICE_GRANT:
@@ -221,6 +235,9 @@ class DeviceFlow:
         return JSONResponse(self.bearers.issue(grant.email, session=grant.session), headers=NO_STORE)
 
     async def revoke(self, request: Request) -> Response:
+        refusal = self._web_page_refusal(request)
+        if refusal is not None:
+            return refusal
         form = await _form(request)
         if self.bearers.revoke(form.get("token", "")):
             logger.info("a Claude Code sign-in was revoked")

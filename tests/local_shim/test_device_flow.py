@@ -299,6 +299,50 @@ def test_a_different_google_account_on_the_shim_invalidates_the_old_bearer(
     assert "grace@example.com" in json_of(refresh)["error_description"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/messages/count_tokens", b'{"model":"claude-opus-5-5"}'),
+        ("GET", "/v1/models?limit=1000", b""),
+        ("GET", "/managed/settings", b""),
+        ("GET", "/api/oauth/usage", b""),
+        ("POST", "/v1/metrics", b"\x0a\x00"),
+        ("POST", "/v1/logs", b"{}"),
+        ("POST", "/v1/traces", b"{}"),
+    ],
+)
+def test_every_path_claude_code_calls_after_sign_in_is_relayed_with_the_persons_id_token(
+    stack: Stack, google_key: GoogleKey, method: str, path: str, body: bytes
+) -> None:
+    with signed_in_shim(stack) as shim_url:
+        client = Client(shim_url)
+        bearer = client.sign_in()["access_token"]
+        reply = client.http.request(method, path, content=body, headers={"authorization": f"Bearer {bearer}"})
+        client.close()
+
+    assert reply.status_code == 200
+    [seen] = stack.gateway.requests
+    assert (seen.method, seen.path, seen.body) == (method, path.partition("?")[0], body)
+    assert google_key.verify(stack.iap.tokens[0], audience=CLIENT_ID)["email"] == "ada@example.com"
+    assert all(bearer.encode() not in value for _, value in seen.headers)
+
+
+@pytest.mark.parametrize("path", ["/oauth/device_authorization", "/oauth/token", "/oauth/revoke"])
+def test_a_web_page_cannot_start_poll_or_revoke_a_sign_in(stack: Stack, path: str) -> None:
+    with stack.shim() as shim_url:
+        reply = httpx.post(
+            f"{shim_url}{path}",
+            content=b"surface=claude_code",
+            headers={**CLIENT_HEADERS, "origin": "https://evil.example"},
+        )
+        client = Client(shim_url)
+        started = client.start()  # Claude Code itself, with no Origin, is unaffected
+        client.close()
+
+    assert reply.status_code == 403 and json_of(reply)["error"] == "invalid_request"
+    assert started["device_code"]
+
+
 @pytest.mark.parametrize("path", ["/.well-known/oauth-authorization-server", "/device?user_code=BCDF-GHJK"])
 def test_sign_in_endpoints_refuse_a_foreign_host(stack: Stack, path: str) -> None:
     with stack.shim() as shim_url:
