@@ -44,6 +44,7 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
 }
 
 Status = Literal["pending", "approved", "denied"]
@@ -193,7 +194,8 @@ class DeviceFlow:
             return oauth_error("invalid_request", "device_code is missing.")
         flow = self._flows.get(device_code)
         if flow is None:
-            return oauth_error("invalid_grant", "This device code is unknown to this claude-shim: sign in again.")
+            # As Anthropic's own gateway answers: the client then says the sign-in timed out and to try again.
+            return oauth_error("expired_token", "This device code is unknown, used or expired: sign in again.")
         now = time.time()
         if flow.expires_at <= now:
             del self._flows[device_code]
