@@ -16,10 +16,9 @@ import urllib.error
 import urllib.request
 import webbrowser
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from gateway.terminal import escape_text, field
 from local_shim import claude_settings
 from local_shim.auth import build_provider
 from local_shim.bearer import revoke_all_sign_ins
@@ -27,38 +26,11 @@ from local_shim.checks import Check, run_checks
 from local_shim.config import DEFAULT_PORT, ShimSettings, config_dir, load_settings, read_config_file, write_config_file
 from local_shim.errors import ConfigError, ShimError
 from local_shim.login import login, logout
+from local_shim.output import Output
 from local_shim.server import bind_loopback, create_app, make_server
 from local_shim.store import TokenStore, local_secret
 
 LOG_FILE = "claude-shim.log"
-
-
-class Output:
-    """The one place the CLI writes to the terminal; control characters are escaped (line breaks aside) whatever
-    the text holds, since some of it comes from the network (the gateway's and Google's answers)."""
-
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self._out = out or sys.stdout
-        self._err = err or sys.stderr
-
-    def line(self, text: str = "") -> None:
-        self._out.write(escape_text(text) + "\n")
-        self._out.flush()
-
-    def note(self, text: str) -> None:
-        """Guidance for the person, kept off stdout so `eval "$(claude-shim env)"` stays clean."""
-        self._err.write(escape_text(text) + "\n")
-        self._err.flush()
-
-    def error(self, text: str) -> None:
-        self._err.write(f"claude-shim: error: {escape_text(text)}\n")
-        self._err.flush()
-
-    def check(self, check: Check) -> None:
-        mark = "ok  " if check.ok else "FAIL"
-        self.line(f"[{mark}] {check.name}: {field(check.detail, 500)}")
-        if check.fix:
-            self.line(f"       fix: {field(check.fix, 500)}")
 
 
 # -- commands ----------------------------------------------------------------------------------------------------

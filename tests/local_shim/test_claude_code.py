@@ -20,8 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, MODEL, LocalStack, sign_in
-from tests.local_shim.test_device_flow import page_fields
+from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, MODEL, LocalStack, page_fields, sign_in
 from tests.support import claude_code
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,6 @@ refresh, revocation, sign-out; with a fake IAP checking the person's real Google
 from __future__ import annotations
 
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +13,13 @@ import pytest
 from local_shim.bearer import Bearers
 from local_shim.cli import main
 from local_shim.store import StoredLogin, TokenStore
-from tests.local_shim.conftest import CLIENT_ID, GoogleKey, Stack, json_of
+from tests.local_shim.conftest import CLIENT_ID, GoogleKey, Stack, json_of, page_fields
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
 from tests.support.servers import Reply
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 # What Claude Code 2.1.332 sends on every sign-in request (read from the binary), plus a field it may add one day.
 CLIENT_HEADERS = {"user-agent": "claude-code/2.1.332", "content-type": "application/x-www-form-urlencoded"}
-
-
-class _Fields(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fields: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag == "input" and values.get("type") == "hidden" and values.get("name"):
-            self.fields[str(values["name"])] = values.get("value") or ""
-
-
-def page_fields(page: str) -> dict[str, str]:
-    parser = _Fields()
-    parser.feed(page)
-    return parser.fields
 
 
 class Client:
