@@ -1,4 +1,4 @@
-"""`claude-shim`: configure, login, logout, status, serve, run, env, doctor."""
+"""`claude-shim`: configure, login, logout, status, serve, run, env, doctor, token, claude-settings."""
 
 from __future__ import annotations
 
@@ -16,47 +16,21 @@ import urllib.error
 import urllib.request
 import webbrowser
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from gateway.terminal import escape_text, field
+from local_shim import claude_settings
 from local_shim.auth import build_provider
+from local_shim.bearer import revoke_all_sign_ins
 from local_shim.checks import Check, run_checks
 from local_shim.config import DEFAULT_PORT, ShimSettings, config_dir, load_settings, read_config_file, write_config_file
 from local_shim.errors import ConfigError, ShimError
 from local_shim.login import login, logout
+from local_shim.output import Output
 from local_shim.server import bind_loopback, create_app, make_server
 from local_shim.store import TokenStore, local_secret
 
 LOG_FILE = "claude-shim.log"
-
-
-class Output:
-    """The one place the CLI writes to the terminal; control characters are escaped (line breaks aside) whatever
-    the text holds, since some of it comes from the network (the gateway's and Google's answers)."""
-
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
-        self._out = out or sys.stdout
-        self._err = err or sys.stderr
-
-    def line(self, text: str = "") -> None:
-        self._out.write(escape_text(text) + "\n")
-        self._out.flush()
-
-    def note(self, text: str) -> None:
-        """Guidance for the person, kept off stdout so `eval "$(claude-shim env)"` stays clean."""
-        self._err.write(escape_text(text) + "\n")
-        self._err.flush()
-
-    def error(self, text: str) -> None:
-        self._err.write(f"claude-shim: error: {escape_text(text)}\n")
-        self._err.flush()
-
-    def check(self, check: Check) -> None:
-        mark = "ok  " if check.ok else "FAIL"
-        self.line(f"[{mark}] {check.name}: {field(check.detail, 500)}")
-        if check.fix:
-            self.line(f"       fix: {field(check.fix, 500)}")
 
 
 # -- commands ----------------------------------------------------------------------------------------------------
@@ -114,6 +88,7 @@ def cmd_login(args: argparse.Namespace, out: Output) -> int:
 
     store = TokenStore(config_dir(), settings.token_store)
     result = asyncio.run(login(settings, store, open_browser=open_browser))
+    revoke_all_sign_ins(config_dir())  # a Claude Code sign-in approved for the previous account ends here
     out.line(f"Signed in as {result.email or 'your Google account'}; the sign-in is stored in {result.stored_in}.")
     out.line("Next: `claude-shim run -- claude`.")
     return 0
@@ -144,6 +119,7 @@ def cmd_logout(args: argparse.Namespace, out: Output) -> int:
     settings = _settings(args)
     store = TokenStore(config_dir(), settings.token_store)
     was_signed_in, revoked = asyncio.run(logout(settings, store))
+    revoke_all_sign_ins(config_dir())  # Claude Code's sign-ins to this shim end with the Google one
     if not was_signed_in:
         out.line("Not signed in.")
     elif revoked:
@@ -167,6 +143,14 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
 def cmd_doctor(args: argparse.Namespace, out: Output) -> int:
     settings = _settings(args)
     checks = asyncio.run(run_checks(settings, full=True))
+    if claude_settings.configured_mode() == "helper":
+        # Claude Code calls the gateway itself and never presents the local secret.
+        checks = [
+            Check(c.name, True, "not needed by the apiKeyHelper set-up") if c.name == "local secret" else c
+            for c in checks
+        ]
+    if all(item.ok for item in checks):
+        checks += claude_settings.check(settings)
     status = _print_checks(checks, out)
     out.line(
         "Everything looks right." if status == 0 else "Fix the problems above, then run `claude-shim doctor` again."
@@ -180,6 +164,31 @@ def cmd_env(args: argparse.Namespace, out: Output) -> int:
     out.line(f"export ANTHROPIC_BASE_URL={shlex.quote(f'http://127.0.0.1:{settings.port}')}")
     out.line(f"export ANTHROPIC_AUTH_TOKEN={shlex.quote(secret)}")
     out.note('# With `claude-shim serve` running: eval "$(claude-shim env)" and then start claude.')
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, out: Output) -> int:
+    """Claude Code's apiKeyHelper: a fresh ID token on stdout and nothing else there."""
+    settings = _settings(args)
+
+    async def fresh() -> str:
+        async with build_provider(settings) as provider:
+            return (await provider.get()).value
+
+    out.line(asyncio.run(fresh()))
+    return 0
+
+
+def cmd_claude_settings(args: argparse.Namespace, out: Output) -> int:
+    settings = _settings(args)
+    path = claude_settings.write(args.mode, settings)
+    out.line(f"Wrote Claude Code's settings for the {args.mode} set-up to {path}.")
+    if args.mode == "gateway":
+        out.line(
+            f"Next: keep `claude-shim serve --port {settings.port}` running, start `claude`, and sign in with /login."
+        )
+    else:
+        out.line(f"Next: start `claude`: it calls {settings.gateway_url} itself with a token from `claude-shim token`.")
     return 0
 
 
@@ -345,6 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
         handler=cmd_doctor
     )
     commands.add_parser("env", parents=[port], help="print export lines for a shell").set_defaults(handler=cmd_env)
+    commands.add_parser(
+        "token", parents=[credentials], help="print a fresh Google ID token (Claude Code's apiKeyHelper)"
+    ).set_defaults(handler=cmd_token)
+    settings_parser = commands.add_parser(
+        "claude-settings", parents=[port], help="write Claude Code's settings: gateway sign-in via the shim, or helper"
+    )
+    settings_parser.add_argument(
+        "mode", choices=["gateway", "helper"], help="gateway: /login to the shim; helper: none"
+    )
+    settings_parser.set_defaults(handler=cmd_claude_settings)
     serve = commands.add_parser("serve", parents=[credentials, port], help="run the shim in the foreground")
     serve.add_argument("--host", help="a loopback address (default 127.0.0.1)")
     serve.set_defaults(handler=cmd_serve)

@@ -97,6 +97,10 @@ class ShimSettings(BaseSettings):
     write_timeout: float = Field(default=60.0, gt=0)
     google_timeout: float = Field(default=30.0, gt=0)
     login_timeout_seconds: float = Field(default=300.0, gt=0)
+    sign_in_code_seconds: float = Field(default=600.0, gt=0)
+    """How long a Claude Code sign-in code waits for approval in the browser."""
+    sign_in_poll_seconds: float = Field(default=5.0, ge=0)
+    """The polling interval Claude Code is asked to keep; faster polls are answered `slow_down`."""
 
     @classmethod
     def settings_customise_sources(

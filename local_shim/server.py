@@ -8,7 +8,8 @@ import json
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -20,8 +21,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from local_shim.auth import IdToken, TokenProvider, build_provider
-from local_shim.config import ShimSettings, is_loopback_host
-from local_shim.errors import ConfigError, ShimError, error_body
+from local_shim.bearer import Bearers, Grant, InvalidBearer, looks_like_jwt
+from local_shim.config import ShimSettings, config_dir, is_loopback_host
+from local_shim.device_flow import DeviceFlow
+from local_shim.errors import AuthError, ConfigError, ShimError, error_body
+from local_shim.store import TokenStore
 
 logger = logging.getLogger("local_shim.server")
 
@@ -33,10 +37,14 @@ CALLER_CREDENTIALS = frozenset({"authorization", "x-api-key", "proxy-authorizati
 _DROPPED_REQUEST = HOP_BY_HOP | CALLER_CREDENTIALS | {"host", "content-length"}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 SECRET_HINT = "start Claude Code with `claude-shim run -- claude`, or set ANTHROPIC_AUTH_TOKEN from `claude-shim env`"
+SIGN_IN_HINT = "run /login in Claude Code"
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(error_body(status, message), status_code=status, media_type="application/json")
+    # A 401 from the shim never heals by retrying: Claude Code should ask the person to sign in at once.
+    headers = {"x-should-retry": "false"} if status == 401 else None
+    return Response(error_body(status, message), status_code=status, media_type="application/json", headers=headers)
 
 
 def _iap_text(response: httpx.Response) -> str:
@@ -99,7 +107,15 @@ class _Relay(Response):
 class Forwarder:
     """Checks that a request is the person's own, then relays it to the gateway with their ID token."""
 
-    def __init__(self, settings: ShimSettings, *, port: int, secret: str, provider: TokenProvider | None) -> None:
+    def __init__(
+        self,
+        settings: ShimSettings,
+        *,
+        port: int,
+        secret: str,
+        provider: TokenProvider | None,
+        state_dir: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.gateway_url = settings.require_gateway()
         self.port = port
@@ -109,6 +125,7 @@ class Forwarder:
         self.client: httpx.AsyncClient | None = None
         hosts = {settings.host, "127.0.0.1", "localhost", "[::1]"}
         self.allowed_hosts = {f"{host}:{port}".lower() for host in hosts}
+        self.bearers = Bearers(secret, state_dir or config_dir())
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -130,21 +147,65 @@ class Forwarder:
             if self._given_provider is None:
                 await self.provider.aclose()
 
-    def refusal(self, request: Request) -> Response | None:
-        """A response refusing the request if it is not from this person's Claude Code, else None."""
+    def host_refusal(self, request: Request) -> Response | None:
+        """A 403 unless the request names this shim's own loopback address as its Host."""
         host = request.headers.get("host", "").lower()
-        if host not in self.allowed_hosts:
-            # A page in the browser that rebinds a DNS name to 127.0.0.1 arrives with its own name as Host.
-            logger.warning("refused a request with Host %r", host[:100])
-            return _error(403, f"Refused: Host {host[:100]!r} is not this shim's loopback address.")
+        if host in self.allowed_hosts:
+            return None
+        # A page in the browser that rebinds a DNS name to 127.0.0.1 arrives with its own name as Host.
+        logger.warning("refused a request with Host %r", host[:100])
+        return _error(403, f"Refused: Host {host[:100]!r} is not this shim's loopback address.")
+
+    def host_checked(self, endpoint: Endpoint) -> Endpoint:
+        """`endpoint`, answered only for requests addressed to this shim's loopback address."""
+
+        async def checked(request: Request) -> Response:
+            return self.host_refusal(request) or await endpoint(request)
+
+        return checked
+
+    def admit(self, request: Request) -> Response | Grant | None:
+        """A refusal, or who is calling: None for the local secret, a Grant for a Claude Code sign-in's bearer."""
+        refusal = self.host_refusal(request)
+        if refusal is not None:
+            return refusal
         offered = [request.headers.get("x-api-key", "")]
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             offered.append(value.strip())
-        if not any(secrets.compare_digest(item.encode(), self._secret) for item in offered if item):
-            logger.warning("refused a request without the local secret: %s %s", request.method, request.url.path)
-            return _error(401, f"Missing or wrong claude-shim local secret: {SECRET_HINT}.")
-        return None
+        offered = [item for item in offered if item]
+        if any(secrets.compare_digest(item.encode(), self._secret) for item in offered):
+            return None
+        if not offered:
+            logger.warning("refused a request without credentials: %s %s", request.method, request.url.path)
+            return _error(
+                401, f"Missing claude-shim local secret: {SECRET_HINT}; for the gateway sign-in, {SIGN_IN_HINT}."
+            )
+        try:
+            return self.bearers.verify(offered[-1], "access")
+        except InvalidBearer as error:
+            logger.warning("refused a credential (%s): %s %s", error, request.method, request.url.path)
+            if looks_like_jwt(offered[-1]):
+                return _error(401, f"Your Claude Code sign-in to claude-shim is not valid ({error}): {SIGN_IN_HINT}.")
+            return _error(
+                401, f"Wrong claude-shim local secret: {SECRET_HINT}; for the gateway sign-in, {SIGN_IN_HINT}."
+            )
+
+    async def identity(self) -> str:
+        """The Google account the shim is signed in as now, or AuthError; a sign-out is noticed at once."""
+        assert self.provider is not None
+        stored = None
+        if self.settings.credentials == "user":
+            store = TokenStore(config_dir(), self.settings.token_store)
+            stored = await anyio.to_thread.run_sync(store.load)
+            if stored is None:
+                raise AuthError("claude-shim is not signed in to Google: run `claude-shim login`.")
+        token = await self.provider.get()
+        if stored is not None and stored.email and token.email != stored.email:
+            token = await self.provider.get(rejected=token.value)  # the person signed in again as someone else
+        if not token.email:
+            raise AuthError("claude-shim's Google credentials name no email address, so no one can approve a sign-in.")
+        return token.email
 
     def _upstream_request(self, request: Request, body: bytes, token: IdToken) -> httpx.Request:
         assert self.client is not None
@@ -174,13 +235,20 @@ class Forwarder:
 
     async def forward(self, request: Request) -> Response:
         """Relay one request, or refuse it with an Anthropic-shaped error."""
-        refusal = self.refusal(request)
-        if refusal is not None:
-            return refusal
+        caller = self.admit(request)
+        if isinstance(caller, Response):
+            return caller
         assert self.provider is not None
         body = await request.body()  # small (a Messages request), and needed again for a retry
         try:
             token = await self.provider.get()
+            if caller is not None and (token.email or "").lower() != caller.email.lower():
+                message = (
+                    f"Claude Code signed in to claude-shim as {caller.email}, but claude-shim is now signed in to "
+                    f"Google as {token.email or 'a service account'}: {SIGN_IN_HINT}."
+                )
+                logger.warning("%s", message)
+                return _error(401, message)
             upstream = await self._send(request, body, token)
             if upstream.status_code == 401 and not _is_gateway_error(await _read(upstream)):
                 logger.info("IAP answered 401; refreshing the ID token and retrying once")
@@ -241,11 +309,30 @@ async def _read(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def create_app(settings: ShimSettings, *, port: int, secret: str, provider: TokenProvider | None = None) -> Starlette:
-    """The shim's ASGI app for a listener on `port`; every path and method is forwarded."""
-    forwarder = Forwarder(settings, port=port, secret=secret, provider=provider)
+def create_app(
+    settings: ShimSettings,
+    *,
+    port: int,
+    secret: str,
+    provider: TokenProvider | None = None,
+    state_dir: Path | None = None,
+) -> Starlette:
+    """The shim's ASGI app for a listener on `port`: Claude Code's sign-in endpoints, and every other path and
+    method forwarded."""
+    forwarder = Forwarder(settings, port=port, secret=secret, provider=provider, state_dir=state_dir)
+    sign_in = DeviceFlow(
+        forwarder.bearers,
+        forwarder.identity,
+        allowed_hosts=forwarder.allowed_hosts,
+        code_seconds=settings.sign_in_code_seconds,
+        poll_seconds=settings.sign_in_poll_seconds,
+    )
+    routes = [
+        Route(route.path, forwarder.host_checked(route.endpoint), methods=sorted(route.methods or ()))
+        for route in sign_in.routes()
+    ]
     return Starlette(
-        routes=[Route("/{path:path}", forwarder.forward, methods=ALL_METHODS)], lifespan=forwarder.lifespan
+        routes=[*routes, Route("/{path:path}", forwarder.forward, methods=ALL_METHODS)], lifespan=forwarder.lifespan
     )
 
 

@@ -10,8 +10,9 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -31,10 +32,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.app import create_app as create_gateway
+from gateway.config import Settings as GatewaySettings
+from gateway.dev.iap import AssertionSigner, Identity, LocalIAP
+from gateway.dev.mock_upstream import create_mock_upstream
 from local_shim.auth import TokenProvider
 from local_shim.config import ShimSettings
 from local_shim.server import bind_loopback, create_app, make_server
-from tests.support.servers import lifespan, run_in_thread, serve
+from local_shim.store import StoredLogin, TokenStore
+from tests.support.anthropic_sse import SSE_HEADERS, stream_events
+from tests.support.audit import wait_for_rows
+from tests.support.servers import FakeUpstream, Reply, lifespan, run_in_thread, serve
 
 CLIENT_ID = "1234-desktop.apps.googleusercontent.com"
 CLIENT_SECRET = "GOCSPX-desktop-client-secret"
@@ -189,7 +197,13 @@ class FakeGoogle:
             status, body = self.handle(form)
             return JSONResponse(body, status_code=status)
 
-        return Starlette(routes=[Route("/token", token, methods=["POST"])])
+        async def revoke(request: Request) -> Response:
+            token = dict(parse_qsl((await request.body()).decode())).get("token", "")
+            self.revoked.append(token)
+            self.refresh_tokens.pop(token, None)
+            return JSONResponse({})
+
+        return Starlette(routes=[Route("/token", token, methods=["POST"]), Route("/revoke", revoke, methods=["POST"])])
 
 
 @pytest.fixture
@@ -315,6 +329,98 @@ def servers() -> Iterator[Servers]:
         yield Servers(google, google_url, gateway, gateway_url)
 
 
+SECRET = "local-secret-for-tests"
+
+
+@dataclass
+class Stack:
+    google: FakeGoogle
+    iap: FakeIAP
+    gateway: FakeUpstream
+    google_url: str
+    iap_url: str
+
+    def settings(self, **overrides: Any) -> ShimSettings:
+        values = {"gateway_url": self.iap_url, "token_endpoint": f"{self.google_url}/token"} | overrides
+        return shim_settings(**values)
+
+    def shim(self, **overrides: Any) -> AbstractContextManager[str]:
+        return run_shim(self.settings(**overrides), secret=SECRET)
+
+
+@pytest.fixture
+def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: Servers) -> Stack:
+    TokenStore(config_dir).save(
+        StoredLogin(refresh_token=google.sign_in("ada@example.com"), client_id=CLIENT_ID, email="ada@example.com")
+    )
+    gateway = FakeUpstream()
+    gateway.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["Hello", " from", " the gateway"]))
+    iap = FakeIAP(gateway, google_key)
+    servers.google.app = google.asgi()
+    servers.gateway.app = iap
+    return Stack(google, iap, gateway, servers.google_url, servers.gateway_url)
+
+
+IAP_AUDIENCE = "/projects/123456789/locations/europe-west1/services/claude-gateway"
+MODEL = "claude-opus-5-5"
+
+
+@dataclass
+class LocalStack:
+    google: FakeGoogle
+    google_url: str
+    iap_url: str
+    audit_db: Path
+    identified: list[str]
+
+    def rows(self, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Audit rows, once the gateway's background writer has flushed `count` of them."""
+        return wait_for_rows(self.audit_db, count, timeout)
+
+
+@pytest.fixture
+def local_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> Iterator[LocalStack]:
+    signer = AssertionSigner()
+    identified: list[str] = []
+
+    async def identify(headers: Headers) -> Identity | None:
+        # IAP's programmatic access: a Google ID token for the allowlisted desktop client, or nothing.
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        try:
+            claims = google_key.verify(token, audience=CLIENT_ID)
+        except ValueError:
+            return None
+        identified.append(claims["email"])
+        return Identity(email=claims["email"], subject=f"accounts.google.com:{claims['sub']}")
+
+    async def public_keys(request: Any) -> JSONResponse:
+        return JSONResponse(signer.public_key_map())
+
+    keys = Starlette(routes=[Route("/public_key", public_keys)])
+    audit_db = tmp_path / "audit.db"
+    with serve(create_mock_upstream(deltas=6)) as upstream_url, serve(keys) as keys_url:
+        gateway = create_gateway(
+            GatewaySettings(
+                iap_audience=[IAP_AUDIENCE],
+                iap_certs_url=f"{keys_url}/public_key",
+                upstream_url=upstream_url,
+                anthropic_api_key="sk-ant-test-key",
+                audit_sink=f"sqlite:///{audit_db}",
+            )
+        )
+        iap = LocalIAP(gateway, signer=signer, audience=IAP_AUDIENCE, identify=identify)
+        with serve(google.asgi()) as google_url, serve(iap) as iap_url:
+            yield LocalStack(google, google_url, iap_url, audit_db, identified)
+
+
+def sign_in(google: FakeGoogle, directory: Path, email: str, mode: str = "auto") -> None:
+    TokenStore(directory, mode).save(  # type: ignore[arg-type]
+        StoredLogin(refresh_token=google.sign_in(email), client_id=CLIENT_ID, email=email)
+    )
+
+
 @contextmanager
 def run_shim(
     settings: ShimSettings, *, secret: str = "local-secret-for-tests", provider: TokenProvider | None = None
@@ -328,6 +434,23 @@ def run_shim(
             yield f"http://127.0.0.1:{port}"
     finally:
         sock.close()
+
+
+class _Fields(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "input" and values.get("type") == "hidden" and values.get("name"):
+            self.fields[str(values["name"])] = values.get("value") or ""
+
+
+def page_fields(page: str) -> dict[str, str]:
+    parser = _Fields()
+    parser.feed(page)
+    return parser.fields
 
 
 def json_of(response: httpx.Response) -> dict[str, Any]:

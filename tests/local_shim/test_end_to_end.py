@@ -7,88 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import pytest
-from starlette.applications import Starlette
-from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
-from gateway.app import create_app as create_gateway
-from gateway.config import Settings as GatewaySettings
-from gateway.dev.iap import AssertionSigner, Identity, LocalIAP
-from gateway.dev.mock_upstream import create_mock_upstream
-from local_shim.store import StoredLogin, TokenStore
-from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, FakeGoogle, GoogleKey, run_shim, shim_settings
-from tests.support.audit import wait_for_rows
-from tests.support.servers import serve
+from tests.local_shim.conftest import CLIENT_ID, CLIENT_SECRET, MODEL, LocalStack, run_shim, shim_settings, sign_in
 
 pytestmark = pytest.mark.slow
 
-IAP_AUDIENCE = "/projects/123456789/locations/europe-west1/services/claude-gateway"
-MODEL = "claude-opus-5-5"
 SECRET = "e2e-local-secret"
-
-
-@dataclass
-class LocalStack:
-    google: FakeGoogle
-    google_url: str
-    iap_url: str
-    audit_db: Path
-    identified: list[str]
-
-    def rows(self, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Audit rows, once the gateway's background writer has flushed `count` of them."""
-        return wait_for_rows(self.audit_db, count, timeout)
-
-
-@pytest.fixture
-def local_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> Iterator[LocalStack]:
-    signer = AssertionSigner()
-    identified: list[str] = []
-
-    async def identify(headers: Headers) -> Identity | None:
-        # IAP's programmatic access: a Google ID token for the allowlisted desktop client, or nothing.
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        try:
-            claims = google_key.verify(token, audience=CLIENT_ID)
-        except ValueError:
-            return None
-        identified.append(claims["email"])
-        return Identity(email=claims["email"], subject=f"accounts.google.com:{claims['sub']}")
-
-    async def public_keys(request: Any) -> JSONResponse:
-        return JSONResponse(signer.public_key_map())
-
-    keys = Starlette(routes=[Route("/public_key", public_keys)])
-    audit_db = tmp_path / "audit.db"
-    with serve(create_mock_upstream(deltas=6)) as upstream_url, serve(keys) as keys_url:
-        gateway = create_gateway(
-            GatewaySettings(
-                iap_audience=[IAP_AUDIENCE],
-                iap_certs_url=f"{keys_url}/public_key",
-                upstream_url=upstream_url,
-                anthropic_api_key="sk-ant-test-key",
-                audit_sink=f"sqlite:///{audit_db}",
-            )
-        )
-        iap = LocalIAP(gateway, signer=signer, audience=IAP_AUDIENCE, identify=identify)
-        with serve(google.asgi()) as google_url, serve(iap) as iap_url:
-            yield LocalStack(google, google_url, iap_url, audit_db, identified)
-
-
-def sign_in(google: FakeGoogle, directory: Path, email: str, mode: str = "auto") -> None:
-    TokenStore(directory, mode).save(  # type: ignore[arg-type]
-        StoredLogin(refresh_token=google.sign_in(email), client_id=CLIENT_ID, email=email)
-    )
 
 
 def test_sdk_streams_through_shim_iap_and_gateway_and_the_audit_names_the_user(

@@ -5,64 +5,25 @@ from __future__ import annotations
 import gzip
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anthropic
 import httpx
 import pytest
 
 from local_shim.cli import main
-from local_shim.config import ShimSettings
 from local_shim.errors import ConfigError
 from local_shim.server import bind_loopback
-from local_shim.store import StoredLogin, TokenStore
+from local_shim.store import TokenStore
 from tests.local_shim.conftest import (
     CLIENT_ID,
-    FakeGoogle,
-    FakeIAP,
+    SECRET,
     GoogleKey,
-    Servers,
+    Stack,
     json_of,
-    run_shim,
-    shim_settings,
 )
-from tests.support.anthropic_sse import SSE_HEADERS, stream_events
-from tests.support.servers import FakeUpstream, Reply
-
-SECRET = "local-secret-for-tests"
-
-
-@dataclass
-class Stack:
-    google: FakeGoogle
-    iap: FakeIAP
-    gateway: FakeUpstream
-    google_url: str
-    iap_url: str
-
-    def settings(self, **overrides: Any) -> ShimSettings:
-        values = {"gateway_url": self.iap_url, "token_endpoint": f"{self.google_url}/token"} | overrides
-        return shim_settings(**values)
-
-    def shim(self, **overrides: Any) -> AbstractContextManager[str]:
-        return run_shim(self.settings(**overrides), secret=SECRET)
-
-
-@pytest.fixture
-def stack(google: FakeGoogle, google_key: GoogleKey, config_dir: Path, servers: Servers) -> Stack:
-    TokenStore(config_dir).save(
-        StoredLogin(refresh_token=google.sign_in("ada@example.com"), client_id=CLIENT_ID, email="ada@example.com")
-    )
-    gateway = FakeUpstream()
-    gateway.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["Hello", " from", " the gateway"]))
-    iap = FakeIAP(gateway, google_key)
-    servers.google.app = google.asgi()
-    servers.gateway.app = iap
-    return Stack(google, iap, gateway, servers.google_url, servers.gateway_url)
-
+from tests.support.anthropic_sse import SSE_HEADERS
+from tests.support.servers import Reply
 
 _sdk_clients: list[anthropic.Anthropic] = []
 
