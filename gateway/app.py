@@ -222,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         """Audit counters for Prometheus or Cloud Monitoring: counts only, no user data."""
         text = prometheus_text(gateway.writer, gateway.capture) + gateway.prices.prometheus_text()
+        text += gateway.bodies.prometheus_text()
         return Response(text, media_type=METRICS_CONTENT_TYPE)
 
     # Plain ASGI for the relay: FastAPI's request parsing would cost time and buffer nothing useful.

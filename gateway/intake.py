@@ -63,6 +63,12 @@ class BodyAllowance:
         self._by_person[person] = mine + size
         self.held += size
 
+    def prometheus_text(self) -> str:
+        """The bytes held now, for `GET /metrics`."""
+        metric = "gateway_request_body_bytes_in_flight"
+        return (f"# HELP {metric} Request-body bytes held by requests in flight (capped per instance and person).\n"
+                f"# TYPE {metric} gauge\n{metric} {self.held}\n")
+
     def give_back(self, person: str, size: int) -> None:
         if size <= 0:
             return

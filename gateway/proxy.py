@@ -169,6 +169,11 @@ class GatewayEndpoint:
                 headers={"allow": expected_method},
             )
 
+        try:
+            gateway.policy.precheck(principal)  # someone no rule lets in is refused before their body is read
+        except PolicyRefusal as refusal:
+            record.groups = list(refusal.groups)
+            raise
         settings = gateway.settings
         body = await read_body(scope, receive, settings.max_body_bytes, lease, settings.body_read_timeout_seconds)
         record.request_bytes = len(body)

@@ -62,6 +62,10 @@ class PolicyRefusal(GatewayError):
 
 
 class AccessPolicy(Protocol):
+    def precheck(self, principal: Principal) -> None:
+        """Refuse at once (403 `denied`) a person no rule lets in, before the request's body is read."""
+        ...
+
     async def admit(self, facts: RequestFacts) -> Admission:
         """Let the request through, or raise `GatewayError` (403 `denied`, 429 `rate_limited`)."""
         ...
@@ -75,6 +79,9 @@ class AccessPolicy(Protocol):
 
 class AllowAll:
     """Everyone IAP lets through may use everything: the behaviour without `GATEWAY_POLICY_FILE`."""
+
+    def precheck(self, principal: Principal) -> None:
+        return None
 
     async def admit(self, facts: RequestFacts) -> Admission:
         return Admission()

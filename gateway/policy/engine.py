@@ -70,19 +70,19 @@ class GroupPolicy:
         limits = self.decide(principal.email).limits
         return () if limits is None else limits.models
 
+    def precheck(self, principal: Principal) -> None:
+        email = fold_case(principal.email)
+        decision = self.decide(email)
+        if decision.limits is None:
+            raise _no_access(email, list(decision.groups))
+
     async def admit(self, facts: RequestFacts) -> Admission:
         email = fold_case(facts.principal.email)
         decision = self.decide(email)
         groups, rule = list(decision.groups), decision.rule
         limits = decision.limits
         if limits is None:
-            raise PolicyRefusal(
-                403,
-                f"{email} has no access to Claude through this gateway: none of your groups has a rule in the "
-                "access policy, and it has no default rule. Ask your administrator for access.",
-                outcome="denied",
-                groups=groups,
-            )
+            raise _no_access(email, groups)
         if facts.model is not None and facts.path in MODEL_PATHS and not limits.allows_model(facts.model):
             raise PolicyRefusal(403, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
                                 rule=rule)
@@ -199,6 +199,16 @@ def _model_message(model: str, email: str, limits: Limits) -> str:
     return (
         f"Model {model} is not allowed for {email} (rule {rule}). Allowed: {allowed}. "
         "In Claude Code, pick another with /model."
+    )
+
+
+def _no_access(email: str, groups: list[str]) -> PolicyRefusal:
+    return PolicyRefusal(
+        403,
+        f"{email} has no access to Claude through this gateway: none of your groups has a rule in the "
+        "access policy, and it has no default rule. Ask your administrator for access.",
+        outcome="denied",
+        groups=groups,
     )
 
 

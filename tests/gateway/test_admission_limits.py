@@ -215,10 +215,12 @@ def test_a_body_that_stalls_is_refused_with_408_and_audited(make_stack: StackFac
 def test_in_flight_body_bytes_are_capped_per_person_and_per_instance(make_stack: StackFactory) -> None:
     with make_stack(max_inflight_body_bytes_per_user=3000, max_inflight_body_bytes=5000) as stack:
         first = raw_post(stack, 2000, b"{")  # held, still arriving
+        wait_until_held(stack, 2000)
         second = raw_post(stack, 2000, b"{")  # over ada's 3000: refused at once
         person = second.recv(65536)
         grace = stack.headers("grace@example.com")
         other = raw_post_as(stack, grace, 2000)  # 4000 in all: fits the instance
+        wait_until_held(stack, 4000)
         third = raw_post_as(stack, stack.headers("margaret@example.com"), 2000)  # 6000: over the instance's 5000
         instance = third.recv(65536)
         for sock in (first, second, other, third):
@@ -228,6 +230,15 @@ def test_in_flight_body_bytes_are_capped_per_person_and_per_instance(make_stack:
     assert person.startswith(b"HTTP/1.1 429") and b"retry-after: 5" in person.lower()
     assert instance.startswith(b"HTTP/1.1 503") and b"retry-after: 5" in instance.lower()
     assert healthy.status_code == 200
+
+
+def wait_until_held(stack: Stack, size: int) -> None:
+    """Until the gateway says it holds `size` request-body bytes (its /metrics gauge)."""
+    deadline = time.monotonic() + 10
+    line = f"gateway_request_body_bytes_in_flight {size}"
+    while line not in httpx.get(stack.url + "/metrics", timeout=5).text:
+        assert time.monotonic() < deadline, f"the gateway never held {size} body bytes"
+        time.sleep(0.02)
 
 
 def raw_post_as(stack: Stack, headers: dict[str, str], declared: int) -> socket.socket:
@@ -269,3 +280,20 @@ def test_requests_in_flight_hold_their_most_so_parallel_ones_cannot_overshoot_a_
     assert "requests still running may use the rest" in refused["message"]
     assert results[3].headers["retry-after"] == "2"
     assert "x-should-retry" not in results[3].headers  # retrying after one finishes can succeed
+
+
+def test_a_person_no_rule_lets_in_is_refused_before_their_body_is_read(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    path = policy_file(tmp_path, {"models": ["claude-haiku-*"]})  # engineering only; no default rule
+    with make_stack(policy_file=path, group_resolver="static") as stack:
+        sock = raw_post_as(stack, stack.headers("mallory@example.com"), 30 * 1024 * 1024)  # and sends 1 byte
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        waited = time.monotonic() - started
+        sock.close()
+        row = stack.rows(1)[0]
+
+    assert answer.startswith(b"HTTP/1.1 403") and b"has no access to Claude" in answer
+    assert waited < 2.0  # not after a body-read deadline
+    assert (row["user_email"], row["outcome"], row["request_bytes"]) == ("mallory@example.com", "denied", 0)
