@@ -18,14 +18,16 @@ from gateway import __version__
 from gateway.audit import AuditWriter
 from gateway.audit.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.audit.metrics import prometheus_text
+from gateway.budget import BudgetHeaders
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
 from gateway.identity import IAPKeys, IAPVerifier
-from gateway.policy import AccessPolicy
+from gateway.policy import AccessPolicy, RequestFacts
 from gateway.policy.engine import GroupPolicy
 from gateway.policy.factory import open_policy
 from gateway.pricing import PriceTable
 from gateway.proxy import GatewayEndpoint
+from gateway.telemetry.sink import telemetry_writer
 from gateway.upstreams.configure import open_upstreams
 from gateway.upstreams.models import ModelTable
 from gateway.upstreams.router import UpstreamRouter
@@ -54,6 +56,8 @@ class Gateway:
     transport: UpstreamTransport
     verifier: IAPVerifier
     writer: AuditWriter
+    telemetry: AuditWriter
+    """Claude Code's OpenTelemetry, stamped with the verified sender, to the telemetry table."""
     upstreams: UpstreamRouter
     models: ModelTable
     policy: AccessPolicy
@@ -96,6 +100,16 @@ class Gateway:
         for cut in list(self.relays):
             cut()
 
+    def budget_headers(self, facts: RequestFacts) -> BudgetHeaders | None:
+        """For a Messages request by a person with a dollar budget: their standing, read while the upstream is
+        called, for the `anthropic-ratelimit-unified-*` headers Claude Code shows as a notice."""
+        policy = self.policy
+        if facts.path != "/v1/messages" or not isinstance(policy, GroupPolicy):
+            return None
+        if not policy.has_budget(facts.principal.email):
+            return None
+        return BudgetHeaders(asyncio.create_task(policy.budget_caps(facts.principal.email), name="budget-headers"))
+
     def _audit_deadline(self) -> float:
         if self.stopping_at is None:
             return time.monotonic() + CLOSE_SECONDS
@@ -108,6 +122,7 @@ class Gateway:
         self.policy = await open_policy(settings)
         self.models = ModelTable.load(settings.models)
         self.writer = AuditWriter.from_settings(settings)
+        self.telemetry = telemetry_writer(settings)
         if isinstance(self.policy, GroupPolicy) and self.policy.policy.capturing_rules:
             self.capture = CapturePipeline.from_settings(settings, self.writer)
         self.client = httpx.AsyncClient(
@@ -133,6 +148,7 @@ class Gateway:
         )
         self.upstreams = await open_upstreams(settings, self.models)
         await self.writer.start()
+        await self.telemetry.start()
         if self.capture is not None:
             await self.capture.start()
         # Last, so a start-up that fails earlier leaves no aiohttp session unclosed.
@@ -158,9 +174,10 @@ class Gateway:
         # requests' metadata rows, so they finish before the writers drain, and both writers drain at once.
         if self.capture is not None:
             await self.capture.drain(max(min(CAPTURE_DRAIN_SECONDS, deadline - time.monotonic() - 0.5), 0.05))
-            await asyncio.gather(self.writer.aclose(deadline), self.capture.content.aclose(deadline))
+            await asyncio.gather(self.writer.aclose(deadline), self.capture.content.aclose(deadline),
+                                 self.telemetry.aclose(deadline))
         else:
-            await self.writer.aclose(deadline)
+            await asyncio.gather(self.writer.aclose(deadline), self.telemetry.aclose(deadline))
         await self.transport.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", self.writer.counters)

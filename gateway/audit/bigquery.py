@@ -155,7 +155,7 @@ class BigQuerySink:
             client.insert_rows_json,
             self.table.path,
             rows,
-            row_ids=[insert_id(row) for row in rows],
+            row_ids=[insert_id(row, self.schema.key) for row in rows],
             skip_invalid_rows=True,
             retry=None,  # type: ignore[arg-type]  # None turns the client's retries off, as documented
             timeout=self._timeout,
