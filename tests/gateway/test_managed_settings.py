@@ -23,7 +23,7 @@ ADA, GRACE, LIN, MALLORY = "ada@example.com", "grace@example.com", "lin@example.
 
 POLICY = textwrap.dedent("""\
     version: 1
-    budget_help: ask in #claude-admins
+    budget_help: "ask in #claude-admins"
     groups:
       contractors@example.com:
         models: [claude-sonnet-*, claude-haiku-4-5]

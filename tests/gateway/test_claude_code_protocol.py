@@ -1,0 +1,115 @@
+"""The real Claude Code CLI through a real gateway: its OpenTelemetry lands in the telemetry table with the verified
+email (OTLP over http/protobuf and http/json), and a spent budget shows the gateway's billing_error message."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gateway.conftest import Stack, StackFactory
+from tests.gateway.test_claude_code import assertion_header, claude, usage_reply
+from tests.support import claude_code
+
+pytestmark = pytest.mark.slow
+__all__ = ["claude"]  # the fixture, shared with the other Claude Code tests
+
+ADA = "ada@example.com"
+
+
+def run(claude: Path, home: Path, stack: Stack, prompt: str, **env: str) -> subprocess.CompletedProcess[str]:
+    work = home / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [str(claude), "-p", prompt, "--output-format", "json"],
+        cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        env=claude_code.environment(home, stack.url, ANTHROPIC_AUTH_TOKEN="unused",
+                                    ANTHROPIC_CUSTOM_HEADERS=assertion_header(stack), **env),
+    )
+
+
+def telemetry_rows(db: Path, *, want: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows: list[dict[str, Any]] = []
+        if db.exists():
+            with sqlite3.connect(db) as connection:
+                connection.row_factory = sqlite3.Row
+                try:
+                    rows = [dict(row) for row in connection.execute("SELECT * FROM telemetry")]
+                except sqlite3.OperationalError:
+                    rows = []
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_claude_code_telemetry_lands_in_the_telemetry_table_with_the_verified_email(
+    claude: Path, make_stack: StackFactory, tmp_path: Path, protocol: str
+) -> None:
+    with make_stack() as stack:
+        stack.upstream.reply = usage_reply({"input_tokens": 1200, "cache_read_input_tokens": 0,
+                                            "cache_creation_input_tokens": 0, "output_tokens": 20})
+        assertion = stack.assertion(ADA)
+        done = run(
+            claude, tmp_path / "home", stack, "say hello",
+            CLAUDE_CODE_ENABLE_TELEMETRY="1",
+            OTEL_METRICS_EXPORTER="otlp",
+            OTEL_LOGS_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+            OTEL_EXPORTER_OTLP_ENDPOINT=stack.url,
+            # The exporter's own headers: the same signed IAP assertion the requests carry.
+            OTEL_EXPORTER_OTLP_HEADERS=f"x-goog-iap-jwt-assertion={assertion}",
+            OTEL_METRIC_EXPORT_INTERVAL="500",
+            OTEL_LOGS_EXPORT_INTERVAL="200",
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        session = json.loads(done.stdout)["session_id"]
+        rows = telemetry_rows(stack.audit_db, want=2)
+        audit = stack.rows(1)
+
+    assert rows, f"no telemetry arrived; audit paths: {sorted({r['path'] for r in audit})}"
+    assert {row["user_email"] for row in rows} == {ADA}
+    assert {row["signal"] for row in rows} <= {"metrics", "logs"}
+    names = {row["name"] for row in rows}
+    assert names & {"claude_code.cost.usage", "claude_code.token.usage", "claude_code.api_request", "api_request"}
+    assert {row["session_id"] for row in rows if row["session_id"]} == {session}
+    exports = {row["request_id"] for row in rows}
+    by_id = {row["request_id"]: row for row in audit}
+    assert all(by_id[request_id]["path"] in ("/v1/metrics", "/v1/logs") for request_id in exports)
+    assert all(json.loads(row["attributes"]) is not None for row in rows)
+
+
+def test_spent_budget_shows_the_gateways_billing_message_in_claude_code(
+    claude: Path, make_stack: StackFactory, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(textwrap.dedent(f"""\
+        version: 1
+        budget_help: "ask in #claude-admins"
+        default:
+          daily_budget_usd: 0.0001
+        members: {{}}
+        """))
+    with make_stack(policy_file=str(policy), group_resolver="static") as stack:
+        stack.upstream.reply = usage_reply({"input_tokens": 1200, "cache_read_input_tokens": 0,
+                                            "cache_creation_input_tokens": 0, "output_tokens": 20})
+        first = run(claude, tmp_path / "home", stack, "say hello")
+        stack.rows(1)
+        served = len(stack.upstream.requests)
+        second = run(claude, tmp_path / "home", stack, "say hello again")
+        refused_calls = len(stack.upstream.requests) - served
+
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert second.returncode != 0 or json.loads(second.stdout)["is_error"] is True
+    shown = second.stdout + second.stderr
+    assert f"Daily budget of $0.0001 used up for {ADA}" in shown
+    assert "to raise it, ask in #claude-admins" in shown
+    assert refused_calls == 0  # refused before proxying
