@@ -90,7 +90,7 @@ def rows(path: str, message: Message, sender: Sender, received_at: datetime) -> 
         merged = {**resource, **attributes}
         result.append({
             "telemetry_id": str(uuid.uuid4()),
-            "received_at": rfc3339(received_at),
+            "timestamp": rfc3339(received_at),
             "signal": signal,
             "user_email": sender.email,
             "groups": list(sender.groups),
@@ -122,7 +122,7 @@ def _metric_rows(message: Any) -> Found:
                         value = point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
                     else:
                         value = point.sum  # histograms and summaries: the sum of what was observed
-                    fields = {"timestamp": _time(point.time_unix_nano), "name": metric.name, "value": value,
+                    fields = {"event_time": _time(point.time_unix_nano), "name": metric.name, "value": value,
                               "unit": metric.unit or None}
                     yield resource, scope_metrics.scope.name, fields, _attributes(point.attributes)
 
@@ -136,7 +136,7 @@ def _log_rows(message: Any) -> Found:
                 body = _value(record.body) if record.HasField("body") else None
                 name = record.event_name or _text(attributes.get("event.name")) or None
                 fields = {
-                    "timestamp": _time(record.time_unix_nano or record.observed_time_unix_nano),
+                    "event_time": _time(record.time_unix_nano or record.observed_time_unix_nano),
                     "name": name,
                     "body": _clip(body if isinstance(body, str) or body is None else _json(body)),
                     "severity": record.severity_text or None,
@@ -154,7 +154,7 @@ def _span_rows(message: Any) -> Found:
                 duration = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6 if span.end_time_unix_nano \
                     else None
                 fields = {
-                    "timestamp": _time(span.start_time_unix_nano),
+                    "event_time": _time(span.start_time_unix_nano),
                     "name": span.name,
                     "trace_id": span.trace_id.hex() or None,
                     "span_id": span.span_id.hex() or None,

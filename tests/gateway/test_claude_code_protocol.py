@@ -23,11 +23,11 @@ __all__ = ["claude"]  # the fixture, shared with the other Claude Code tests
 ADA = "ada@example.com"
 
 
-def run(claude: Path, home: Path, stack: Stack, prompt: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run(claude: Path, home: Path, stack: Stack, prompt: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [str(claude), "-p", prompt, "--output-format", "json"],
+        [str(claude), "-p", prompt, *args, "--output-format", "json"],
         cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
         env=claude_code.environment(home, stack.url, ANTHROPIC_AUTH_TOKEN="unused",
                                     ANTHROPIC_CUSTOM_HEADERS=assertion_header(stack), **env),

@@ -6,8 +6,9 @@ from gateway.audit.schema import Column, Table
 
 TELEMETRY_COLUMNS: tuple[Column, ...] = (
     Column("telemetry_id", "STRING", "Unique id of the row (BigQuery insertId).", "REQUIRED"),
-    Column("received_at", "TIMESTAMP", "When the gateway received the export (UTC).", "REQUIRED"),
-    Column("timestamp", "TIMESTAMP", "When the client recorded the data point, event or span start (UTC)."),
+    Column("timestamp", "TIMESTAMP", "When the gateway received the export (UTC); the table's partitioning.",
+           "REQUIRED"),
+    Column("event_time", "TIMESTAMP", "When the client recorded the data point, event or span start (UTC)."),
     Column("signal", "STRING", "metrics, logs or traces: the OTLP endpoint it came to.", "REQUIRED"),
     Column("name", "STRING", "Metric name (claude_code.cost.usage), event name (tool_decision) or span name."),
     Column("user_email", "STRING", "Verified Workspace email from the IAP assertion of the export request.",
