@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -18,6 +18,7 @@ from gateway import __version__
 from gateway.audit import AuditWriter
 from gateway.audit.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.audit.metrics import prometheus_text
+from gateway.audit.sinks import SinkConfigError
 from gateway.budget import BudgetHeaders
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
@@ -56,8 +57,9 @@ class Gateway:
     transport: UpstreamTransport
     verifier: IAPVerifier
     writer: AuditWriter
-    telemetry: AuditWriter
-    """Claude Code's OpenTelemetry, stamped with the verified sender, to the telemetry table."""
+    telemetry: AuditWriter | None
+    """Claude Code's OpenTelemetry, stamped with the verified sender, to the telemetry table; None while that
+    table is missing (exports are then answered and dropped: inference never depends on it)."""
     upstreams: UpstreamRouter
     models: ModelTable
     policy: AccessPolicy
@@ -77,6 +79,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.capture = None
+        self.telemetry = None
         self.relays = set()
         self.in_flight = 0
         self.stopping_at = None
@@ -100,6 +103,9 @@ class Gateway:
         for cut in list(self.relays):
             cut()
 
+    def _telemetry_close(self, deadline: float) -> list[Coroutine[Any, Any, None]]:
+        return [] if self.telemetry is None else [self.telemetry.aclose(deadline)]
+
     def budget_headers(self, facts: RequestFacts) -> BudgetHeaders | None:
         """For a Messages request by a person with a dollar budget: their standing, read while the upstream is
         called, for the `anthropic-ratelimit-unified-*` headers Claude Code shows as a notice."""
@@ -122,7 +128,7 @@ class Gateway:
         self.policy = await open_policy(settings)
         self.models = ModelTable.load(settings.models)
         self.writer = AuditWriter.from_settings(settings)
-        self.telemetry = telemetry_writer(settings)
+        telemetry = telemetry_writer(settings)
         if isinstance(self.policy, GroupPolicy) and self.policy.policy.capturing_rules:
             self.capture = CapturePipeline.from_settings(settings, self.writer)
         self.client = httpx.AsyncClient(
@@ -148,7 +154,13 @@ class Gateway:
         )
         self.upstreams = await open_upstreams(settings, self.models)
         await self.writer.start()
-        await self.telemetry.start()
+        try:
+            await telemetry.start()
+            self.telemetry = telemetry
+        except SinkConfigError as exc:
+            self.telemetry = None
+            logger.error("telemetry table unusable, so Claude Code's telemetry is answered and dropped (create the "
+                         "table with `claude-gateway bq init` or Terraform, then restart): %s", exc)
         if self.capture is not None:
             await self.capture.start()
         # Last, so a start-up that fails earlier leaves no aiohttp session unclosed.
@@ -175,9 +187,9 @@ class Gateway:
         if self.capture is not None:
             await self.capture.drain(max(min(CAPTURE_DRAIN_SECONDS, deadline - time.monotonic() - 0.5), 0.05))
             await asyncio.gather(self.writer.aclose(deadline), self.capture.content.aclose(deadline),
-                                 self.telemetry.aclose(deadline))
+                                 *self._telemetry_close(deadline))
         else:
-            await asyncio.gather(self.writer.aclose(deadline), self.telemetry.aclose(deadline))
+            await asyncio.gather(self.writer.aclose(deadline), *self._telemetry_close(deadline))
         await self.transport.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", self.writer.counters)
