@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -235,10 +235,6 @@ def duration(seconds: int) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     return f"{max(minutes, 1)} min"
-
-
-def reset_time(resets_at: float) -> datetime:
-    return datetime.fromtimestamp(resets_at, UTC)
 
 
 def _retrieve(task: asyncio.Task[list[Cap]]) -> None:

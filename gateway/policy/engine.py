@@ -161,14 +161,13 @@ class GroupPolicy:
 
     def has_budget(self, email: str) -> bool:
         """Whether a person has a dollar budget (and so gets Claude Code's budget headers)."""
-        limits = self.decide(email).limits
-        return limits is not None and (limits.daily_budget_usd is not None or limits.monthly_budget_usd is not None)
+        return _has_budget(self.decide(email).limits)
 
     async def budget_caps(self, email: str) -> list[Cap]:
         """A person's dollar budgets and their spend against each now ([] without one); for Claude Code's budget
         headers and `/api/oauth/usage`. Raises `CountersUnavailable` when the counters do not answer."""
         limits = self.decide(email).limits
-        if limits is None or not self.has_budget(email):
+        if limits is None or not _has_budget(limits):
             return []
         now = self._clock()
         usage = await self.counters.snapshot(fold_case(email), now)
@@ -207,6 +206,10 @@ class GroupPolicy:
             )
             self._unchecked = 0
             self._unchecked_logged_at = now
+
+
+def _has_budget(limits: Limits | None) -> bool:
+    return limits is not None and (limits.daily_budget_usd is not None or limits.monthly_budget_usd is not None)
 
 
 def _quota(limits: Limits) -> Quota:
