@@ -33,8 +33,9 @@ USAGE = "/api/oauth/usage"
 TELEMETRY = frozenset(otlp.SIGNALS)
 # Each path and the method it takes.
 PROTOCOL_ROUTES: dict[str, str] = {MANAGED_SETTINGS: "GET", USAGE: "GET", **dict.fromkeys(sorted(TELEMETRY), "POST")}
-# An OTLP export is small (Claude Code batches at most 512 records); beyond this it is refused.
-MAX_TELEMETRY_BYTES = 8 * 1024 * 1024
+# An OTLP export is small (Claude Code batches at most 512 records, ~350 KB as JSON); beyond this, compressed or
+# not, it is refused (413). It also bounds the decoding: protobuf's JSON reader is pure Python (~0.3 s per MiB).
+MAX_TELEMETRY_BYTES = 2 * 1024 * 1024
 _JSON = b"application/json"
 
 
