@@ -77,14 +77,20 @@ def test_claude_code_telemetry_lands_in_the_telemetry_table_with_the_verified_em
         )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         session = json.loads(done.stdout)["session_id"]
+        wanted = {"claude_code.cost.usage", "claude_code.token.usage", "api_request"}
         rows = telemetry_rows(stack.audit_db, want=2)
+        deadline = time.monotonic() + 15  # the exports arrived before claude exited; the writer flushes after
+        while time.monotonic() < deadline and not wanted <= {row["name"] for row in rows}:
+            time.sleep(0.2)
+            rows = telemetry_rows(stack.audit_db)
         audit = stack.rows(1)
 
     assert rows, f"no telemetry arrived; audit paths: {sorted({r['path'] for r in audit})}"
     assert {row["user_email"] for row in rows} == {ADA}
     assert {row["signal"] for row in rows} <= {"metrics", "logs"}
-    names = {row["name"] for row in rows}
-    assert names & {"claude_code.cost.usage", "claude_code.token.usage", "claude_code.api_request", "api_request"}
+    assert wanted <= {row["name"] for row in rows}
+    cost = [row for row in rows if row["name"] == "claude_code.cost.usage"]
+    assert cost and all(row["unit"] == "USD" and row["value"] > 0 for row in cost)
     assert {row["session_id"] for row in rows if row["session_id"]} == {session}
     exports = {row["request_id"] for row in rows}
     by_id = {row["request_id"]: row for row in audit}
