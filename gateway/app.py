@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -18,15 +18,18 @@ from gateway import __version__
 from gateway.audit import AuditWriter
 from gateway.audit.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.audit.metrics import prometheus_text
+from gateway.audit.sinks import SinkConfigError
+from gateway.budget import BudgetHeaders
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
 from gateway.identity import IAPKeys, IAPVerifier
 from gateway.intake import BodyAllowance
-from gateway.policy import AccessPolicy
+from gateway.policy import AccessPolicy, RequestFacts
 from gateway.policy.engine import GroupPolicy
 from gateway.policy.factory import open_policy
 from gateway.pricing import PriceTable
 from gateway.proxy import GatewayEndpoint
+from gateway.telemetry.sink import telemetry_writer
 from gateway.upstreams.configure import open_upstreams
 from gateway.upstreams.models import ModelTable
 from gateway.upstreams.router import UpstreamRouter
@@ -55,6 +58,9 @@ class Gateway:
     transport: UpstreamTransport
     verifier: IAPVerifier
     writer: AuditWriter
+    telemetry: AuditWriter | None
+    """Claude Code's OpenTelemetry, stamped with the verified sender, to the telemetry table; None while that
+    table is missing (exports are then answered and dropped: inference never depends on it)."""
     upstreams: UpstreamRouter
     models: ModelTable
     policy: AccessPolicy
@@ -77,6 +83,7 @@ class Gateway:
         self.settings = settings
         self.bodies = BodyAllowance(settings.max_inflight_body_bytes, settings.max_inflight_body_bytes_per_user)
         self.capture = None
+        self.telemetry = None
         self.relays = set()
         self.in_flight = 0
         self.stopping_at = None
@@ -100,6 +107,19 @@ class Gateway:
         for cut in list(self.relays):
             cut()
 
+    def _telemetry_close(self, deadline: float) -> list[Coroutine[Any, Any, None]]:
+        return [] if self.telemetry is None else [self.telemetry.aclose(deadline)]
+
+    def budget_headers(self, facts: RequestFacts) -> BudgetHeaders | None:
+        """For a Messages request by a person with a dollar budget: their standing, read while the upstream is
+        called, for the `anthropic-ratelimit-unified-*` headers Claude Code shows as a notice."""
+        policy = self.policy
+        if facts.path != "/v1/messages" or not isinstance(policy, GroupPolicy):
+            return None
+        if not policy.has_budget(facts.principal.email):
+            return None
+        return BudgetHeaders(asyncio.create_task(policy.budget_caps(facts.principal.email), name="budget-headers"))
+
     def _audit_deadline(self) -> float:
         if self.stopping_at is None:
             return time.monotonic() + CLOSE_SECONDS
@@ -112,6 +132,7 @@ class Gateway:
         self.policy = await open_policy(settings)
         self.models = ModelTable.load(settings.models)
         self.writer = AuditWriter.from_settings(settings)
+        telemetry = telemetry_writer(settings)
         if isinstance(self.policy, GroupPolicy) and self.policy.policy.capturing_rules:
             self.capture = CapturePipeline.from_settings(settings, self.writer)
         self.client = httpx.AsyncClient(
@@ -137,6 +158,13 @@ class Gateway:
         )
         self.upstreams = await open_upstreams(settings, self.models)
         await self.writer.start()
+        try:
+            await telemetry.start()
+            self.telemetry = telemetry
+        except SinkConfigError as exc:
+            self.telemetry = None
+            logger.error("telemetry table unusable, so Claude Code's telemetry is answered and dropped (create the "
+                         "table with `claude-gateway bq init` or Terraform, then restart): %s", exc)
         if self.capture is not None:
             await self.capture.start()
         # Last, so a start-up that fails earlier leaves no aiohttp session unclosed.
@@ -162,9 +190,10 @@ class Gateway:
         # requests' metadata rows, so they finish before the writers drain, and both writers drain at once.
         if self.capture is not None:
             await self.capture.drain(max(min(CAPTURE_DRAIN_SECONDS, deadline - time.monotonic() - 0.5), 0.05))
-            await asyncio.gather(self.writer.aclose(deadline), self.capture.content.aclose(deadline))
+            await asyncio.gather(self.writer.aclose(deadline), self.capture.content.aclose(deadline),
+                                 *self._telemetry_close(deadline))
         else:
-            await self.writer.aclose(deadline)
+            await asyncio.gather(self.writer.aclose(deadline), *self._telemetry_close(deadline))
         await self.transport.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", self.writer.counters)

@@ -498,6 +498,7 @@ def cmd_policy_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from gateway.managed_settings import settings_for
     from gateway.policy.counters import CountersUnavailable
     from gateway.policy.explain import explain
     from gateway.policy.factory import counters, group_resolver
@@ -533,7 +534,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
                     pass  # explained without usage; the error is logged
                 finally:
                     await store.aclose()
-            return explain(decision, resolver.source, usage)
+            return explain(decision, resolver.source, usage, settings_for(policy, decision))
         finally:
             await resolver.aclose()
 

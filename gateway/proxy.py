@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from gateway import protocol_routes
 from gateway.access_log import log_access
 from gateway.audit.record import SHUTDOWN, AuditRecord
+from gateway.budget import BudgetHeaders
 from gateway.errors import GatewayError, error_body
 from gateway.headers import client_response_headers, upstream_request_headers
 from gateway.identity import DomainNotAllowed
@@ -50,7 +52,7 @@ class _Response:
     """Sends the response to the client, noting what the audit row needs (status, first byte, size) and carrying
     the request's prompt capture, if the policy asks for one."""
 
-    __slots__ = ("_send", "_record", "_started_at", "started", "finished", "capture")
+    __slots__ = ("_send", "_record", "_started_at", "started", "finished", "capture", "budget")
 
     def __init__(self, send: Any, record: AuditRecord, started_at: float) -> None:
         self._send = send
@@ -59,6 +61,7 @@ class _Response:
         self.started = False
         self.finished = False
         self.capture: RequestCapture | None = None
+        self.budget: BudgetHeaders | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
@@ -157,6 +160,12 @@ class GatewayEndpoint:
         lease.person = principal.email
 
         path, method = record.path, record.method
+        if path in protocol_routes.PROTOCOL_ROUTES:  # managed settings, usage, telemetry: answered here
+            reply = await protocol_routes.answer(gateway, scope, receive, record, principal, lease)
+            await response.start(reply.status, reply.headers)
+            await response.body(reply.body)
+            await response.end()
+            return
         vertex = match_vertex_path(path)
         expected_method = "POST" if vertex is not None else RELAYED.get(path)
         if expected_method is None:
@@ -207,6 +216,7 @@ class GatewayEndpoint:
         record.policy_rule = admission.rule
         if gateway.capture is not None:
             response.capture = gateway.capture.begin(admission.capture, path, body, record)
+        response.budget = gateway.budget_headers(facts)
 
         call = UpstreamCall(
             method=method, path=path, query=query, headers=headers, body=body, model=parsed.model, stream=parsed.stream
@@ -269,9 +279,10 @@ class GatewayEndpoint:
                 if capture is not None and capture.wants_response:
                     capture.start(event_stream)
                     feed = capture.feed
-                await response.start(
-                    upstream_response.status_code, client_response_headers(upstream_response.raw_headers)
-                )
+                headers = client_response_headers(upstream_response.raw_headers)
+                if response.budget is not None:  # Claude Code's budget notice, for a person with a dollar budget
+                    headers = await response.budget.apply(upstream_response.status_code, headers)
+                await response.start(upstream_response.status_code, headers)
                 try:
                     async for chunk in upstream_response.aiter_raw():
                         meter.feed(chunk)

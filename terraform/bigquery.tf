@@ -84,6 +84,38 @@ resource "google_bigquery_table_iam_member" "gateway_writes_audit" {
   member     = google_service_account.gateway.member
 }
 
+# Claude Code's OpenTelemetry (OTLP at /v1/metrics, /v1/logs, /v1/traces), one row per data point, event or span,
+# stamped with the verified sender. Beside the audit table, under its name `telemetry` (the gateway derives it from
+# GATEWAY_AUDIT_SINK), read like it through the security views.
+resource "google_bigquery_table" "telemetry" {
+  #checkov:skip=CKV_GCP_80:Google-managed encryption at rest, as for the dataset (CKV_GCP_81).
+  dataset_id  = google_bigquery_dataset.audit.dataset_id
+  table_id    = "telemetry"
+  description = "Claude Code's OpenTelemetry through ${var.name}, stamped with the verified sender. Queries must filter on timestamp."
+
+  # Generated from gateway.audit.telemetry_schema.telemetry_schema_json(); a test keeps them equal.
+  schema = file("${path.module}/telemetry_schema.json")
+
+  deletion_protection      = true
+  require_partition_filter = true
+
+  time_partitioning {
+    type          = "DAY"
+    field         = "timestamp"
+    expiration_ms = var.audit_retention_days > 0 ? var.audit_retention_days * local.partition_days_ms : null
+  }
+
+  clustering = ["user_email", "signal"]
+}
+
+resource "google_bigquery_table_iam_member" "gateway_writes_telemetry" {
+  project    = var.project_id
+  dataset_id = google_bigquery_table.telemetry.dataset_id
+  table_id   = google_bigquery_table.telemetry.table_id
+  role       = "roles/bigquery.dataEditor"
+  member     = google_service_account.gateway.member
+}
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Security views: one view per gateway/audit/views/*.sql, in a dataset of their own that the security team can
 # read (and nobody else). The views dataset is authorised on the audit dataset (above). A new .sql file becomes a
@@ -135,8 +167,12 @@ resource "google_bigquery_table" "security_views" {
   deletion_protection = false
 
   view {
-    # Each file is a SELECT in which {audit_table} stands for the fully qualified, backquoted audit table.
-    query          = replace(file("${local.view_sources}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`")
+    # Each file is a SELECT in which {audit_table} stands for the fully qualified, backquoted audit table, and
+    # {telemetry_table} for the telemetry table beside it.
+    query = replace(
+      replace(file("${local.view_sources}/${each.value}"), "{audit_table}", "`${local.audit_table_fqn}`"),
+      "{telemetry_table}", "`${var.project_id}.${google_bigquery_dataset.audit.dataset_id}.${google_bigquery_table.telemetry.table_id}`"
+    )
     use_legacy_sql = false
   }
 }

@@ -125,9 +125,13 @@ class BigQuerySink:
                 partial(self._client.get_table, self.table.path, timeout=self._timeout, retry=None)  # type: ignore[arg-type]
             )
         except api.NotFound:
+            if self.schema.key != AUDIT_TABLE.key:  # the telemetry table: bq init makes it beside the audit table
+                how = "`claude-gateway bq init --sink AUDIT_TABLE_URL`"
+            else:
+                flag = "--content-sink" if self.schema is not AUDIT_TABLE else "--sink"
+                how = f"`claude-gateway bq init {flag} {self.table.url}`"
             raise SinkConfigError(
-                f"BigQuery table {self.table.path} does not exist: create it with `claude-gateway bq init "
-                f"--{'content-' if self.schema is not AUDIT_TABLE else ''}sink {self.table.url}` or Terraform"
+                f"BigQuery table {self.table.path} does not exist: create it with {how} or Terraform"
             ) from None
         except api.Forbidden as exc:
             raise SinkConfigError(
@@ -155,7 +159,7 @@ class BigQuerySink:
             client.insert_rows_json,
             self.table.path,
             rows,
-            row_ids=[insert_id(row) for row in rows],
+            row_ids=[insert_id(row, self.schema.key) for row in rows],
             skip_invalid_rows=True,
             retry=None,  # type: ignore[arg-type]  # None turns the client's retries off, as documented
             timeout=self._timeout,

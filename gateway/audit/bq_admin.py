@@ -11,12 +11,15 @@ from google.api_core import exceptions as api
 from gateway.audit.bigquery import CLUSTERING_FIELDS, PARTITION_FIELD, TableRef
 from gateway.audit.content_schema import CONTENT_CLUSTERING_FIELDS, CONTENT_TABLE
 from gateway.audit.schema import AUDIT_TABLE, Table
+from gateway.audit.telemetry_schema import DEFAULT_TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS, TELEMETRY_TABLE
 
 if TYPE_CHECKING:
     from google.api_core.retry import Retry
     from google.cloud import bigquery
 
 PLACEHOLDER = "{audit_table}"
+# Views over Claude Code's telemetry name its table so; it lives beside the audit table.
+TELEMETRY_PLACEHOLDER = "{telemetry_table}"
 DAY_MS = 24 * 60 * 60 * 1000
 # Captured content is kept for a month unless said otherwise: long enough to investigate, short enough to hold
 # little (terraform/variables.tf has the same default).
@@ -41,8 +44,22 @@ def view_templates() -> dict[str, str]:
 
 
 def render_view(template: str, table: TableRef) -> str:
-    """The view's query over the given audit table."""
-    return template.replace(PLACEHOLDER, table.sql)
+    """The view's query over the given audit table (and the telemetry table beside it)."""
+    return template.replace(PLACEHOLDER, table.sql).replace(TELEMETRY_PLACEHOLDER, telemetry_ref(table).sql)
+
+
+def telemetry_ref(table: TableRef) -> TableRef:
+    """The telemetry table: in the audit table's dataset, where the gateway writes it."""
+    return TableRef(table.project, table.dataset, DEFAULT_TELEMETRY_TABLE)
+
+
+def telemetry_table(table: TableRef, retention_days: int = 0) -> bigquery.Table:
+    """The telemetry table as Terraform creates it: partitioned by day on `timestamp` (when it arrived)."""
+    return _partitioned(
+        table, TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS, retention_days,
+        "Claude Code's OpenTelemetry (metrics, events, spans), one row per data point, event or span, stamped with "
+        "the verified sender. Queries must filter on timestamp.",
+    )
 
 
 def schema_fields(schema: Table = AUDIT_TABLE) -> list[bigquery.SchemaField]:
@@ -108,6 +125,11 @@ def init(
         location = _ensure_dataset(client, f"{table.project}.{dataset_id}", description, location, say)
 
     _ensure_table(client, table, audit_table(table, retention_days), AUDIT_TABLE, CLUSTERING_FIELDS, say)
+    telemetry = telemetry_ref(table)
+    _ensure_table(
+        client, telemetry, telemetry_table(telemetry, retention_days), TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS,
+        say,
+    )
     if content is not None:
         if content.dataset != table.dataset:
             location = _ensure_dataset(

@@ -104,9 +104,9 @@ class AuditRecord:
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(AuditRecord))
 
 
-def insert_id(row: dict[str, Any]) -> str:
+def insert_id(row: dict[str, Any], key: str = "request_id") -> str:
     """The row's de-duplication key: the request id, and apart from it the request's started row."""
-    request_id = str(row["request_id"])
+    request_id = str(row[key])
     return f"{request_id}/{STARTED}" if row.get("outcome") == STARTED else request_id
 
 

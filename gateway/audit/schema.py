@@ -100,6 +100,8 @@ class Table:
 
     sqlite_name: str
     columns: tuple[Column, ...]
+    key: str = "request_id"
+    """The column that is unique per row: BigQuery's insertId, SQLite's primary key."""
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ def _sql_type(column: Any) -> str:
 def create_table_sql(table: Table = AUDIT_TABLE) -> str:
     columns = []
     for column in table.columns:
-        suffix = " PRIMARY KEY" if column.name == "request_id" else ""
+        suffix = " PRIMARY KEY" if column.name == table.key else ""
         columns.append(f"{column.name} {_sql_type(column)}{suffix}")
     return f"CREATE TABLE IF NOT EXISTS {table.sqlite_name} ({', '.join(columns)})"
 
@@ -50,7 +50,7 @@ def connect(path: str, table: Table = AUDIT_TABLE) -> sqlite3.Connection:
     connection.execute(f"CREATE INDEX IF NOT EXISTS {name}_timestamp ON {name} (timestamp)")
     if not unique_request_id(connection, table):
         try:
-            connection.execute(f"CREATE UNIQUE INDEX {name}_request_id ON {name} (request_id)")
+            connection.execute(f"CREATE UNIQUE INDEX {name}_{table.key} ON {name} ({table.key})")
         except sqlite3.IntegrityError:
             pass  # a file that already holds a request twice: rows are then only appended
     connection.commit()
@@ -61,7 +61,7 @@ def unique_request_id(connection: sqlite3.Connection, table: Table = AUDIT_TABLE
     """Whether the table keeps one row per request id (its primary key, or a unique index)."""
     for index in connection.execute(f"PRAGMA index_list({table.sqlite_name})").fetchall():
         columns = [column[2] for column in connection.execute(f"PRAGMA index_info({index[1]})")]
-        if index[2] and columns == ["request_id"]:
+        if index[2] and columns == [table.key]:
             return True
     return False
 

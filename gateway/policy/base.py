@@ -55,8 +55,9 @@ class PolicyRefusal(GatewayError):
         groups: list[str] | None = None,
         rule: str | None = None,
         headers: dict[str, str] | None = None,
+        error_type: str | None = None,
     ) -> None:
-        super().__init__(status, message, outcome=outcome, headers=headers)
+        super().__init__(status, message, outcome=outcome, headers=headers, error_type=error_type)
         self.groups = groups or []
         self.rule = rule
 

@@ -8,13 +8,22 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from decimal import Decimal
 
+from gateway.budget import Cap, ThresholdAnnouncer, billing_refusal, format_usd
 from gateway.identity import Principal, fold_case
 from gateway.metering import Usage
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
-from gateway.policy.counters import MICROS, Counters, CountersUnavailable, Exceeded, Quota, Reserve
+from gateway.policy.counters import (
+    MICROS,
+    Counters,
+    CountersUnavailable,
+    Exceeded,
+    Quota,
+    Reserve,
+    day_ends,
+    month_ends,
+)
 from gateway.policy.groups import GroupResolver
 from gateway.policy.model import Decision, Limits, ModelPattern, Policy, decide, format_value
 
@@ -56,6 +65,7 @@ class GroupPolicy:
         self._unchecked = 0
         self._unchecked_logged_at = float("-inf")
         self._settling: set[asyncio.Task[None]] = set()
+        self._thresholds = ThresholdAnnouncer()
 
     async def start(self) -> None:
         await self.groups.start()
@@ -84,7 +94,8 @@ class GroupPolicy:
         if limits is None:
             raise _no_access(email, groups)
         if facts.model is not None and facts.path in MODEL_PATHS and not limits.allows_model(facts.model):
-            raise PolicyRefusal(403, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
+            # The gateway protocol's answer to a denied model: 400 invalid_request_error, which Claude Code shows.
+            raise PolicyRefusal(400, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
                                 rule=rule)
         if facts.path != MESSAGES:
             return Admission(groups=groups, rule=rule, capture=limits.capture)
@@ -128,7 +139,7 @@ class GroupPolicy:
                 limits_checked=False,
             )
         if exceeded is not None:
-            raise _refusal(exceeded, email, limits, now, groups, rule)
+            raise _refusal(exceeded, email, limits, now, groups, rule, self.policy.budget_help)
         return Admission(groups=groups, rule=rule, lease=lease, counted=True, capture=limits.capture)
 
     async def settle(self, facts: RequestFacts, admission: Admission, usage: Usage, cost_usd: float | None) -> None:
@@ -151,10 +162,39 @@ class GroupPolicy:
     async def _settle(self, email: str, lease: str, tokens: int, micros: int) -> None:
         try:
             await self.counters.settle(email, lease, self._clock(), tokens=tokens, micros=micros)
+            if micros > 0:
+                await self._announce_thresholds(email, micros)
         except CountersUnavailable as exc:
             logger.error("policy: usage of %s not counted (%d tokens, $%.6f): %s", email, tokens, micros / MICROS, exc)
         except Exception:  # a background task: nothing else would see it
             logger.exception("policy: settling the usage of %s failed", email)
+
+    def has_budget(self, email: str) -> bool:
+        """Whether a person has a dollar budget (and so gets Claude Code's budget headers)."""
+        return _has_budget(self.decide(email).limits)
+
+    async def budget_caps(self, email: str) -> list[Cap]:
+        """A person's dollar budgets and their spend against each now ([] without one); for Claude Code's budget
+        headers and `/api/oauth/usage`. Raises `CountersUnavailable` when the counters do not answer."""
+        limits = self.decide(email).limits
+        if limits is None or not _has_budget(limits):
+            return []
+        now = self._clock()
+        usage = await self.counters.snapshot(fold_case(email), now)
+        caps: list[Cap] = []
+        for name, period, spent, resets in (
+            ("daily_budget_usd", "daily", usage.spent_today_micros, day_ends(now)),
+            ("monthly_budget_usd", "monthly", usage.spent_this_month_micros, month_ends(now)),
+        ):
+            amount = getattr(limits, name)
+            if amount is not None:
+                caps.append(Cap(period, int(amount * MICROS), spent, resets, limits.source.get(name, "")))
+        return caps
+
+    async def _announce_thresholds(self, email: str, micros: int) -> None:
+        caps = await self.budget_caps(email)
+        if caps:
+            self._thresholds.settled(email, self.decide(email).groups, caps, micros)
 
     async def drain(self) -> None:
         """Wait for the settlements already started (each is bounded by the counters' timeout)."""
@@ -176,6 +216,10 @@ class GroupPolicy:
             )
             self._unchecked = 0
             self._unchecked_logged_at = now
+
+
+def _has_budget(limits: Limits | None) -> bool:
+    return limits is not None and (limits.daily_budget_usd is not None or limits.monthly_budget_usd is not None)
 
 
 def _quota(limits: Limits) -> Quota:
@@ -213,7 +257,13 @@ def _no_access(email: str, groups: list[str]) -> PolicyRefusal:
 
 
 def _refusal(
-    exceeded: Exceeded, email: str, limits: Limits, now: float, groups: list[str], rule: str | None
+    exceeded: Exceeded,
+    email: str,
+    limits: Limits,
+    now: float,
+    groups: list[str],
+    rule: str | None,
+    budget_help: str | None = None,
 ) -> PolicyRefusal:
     name = exceeded.limit
     limit = getattr(limits, name)
@@ -225,21 +275,17 @@ def _refusal(
         if name == "tokens_per_minute":
             amounts = f"{exceeded.used} tokens used in the last minute and up to {exceeded.held} more"
         else:
-            amounts = f"{_usd(exceeded.used)} spent and up to {_usd(exceeded.held)} more"
+            amounts = f"{format_usd(exceeded.used)} spent and up to {format_usd(exceeded.held)} more"
         message = (
             f"Your requests still running may use the rest of your {format_value(name, limit)} limit "
             f"({name}, rule {source}): {amounts} held by them. Try again when one finishes."
         )
         headers = {"retry-after": str(CONCURRENCY_RETRY_AFTER)}
     elif name in ("daily_budget_usd", "monthly_budget_usd"):
-        period, spent_when = ("Daily", "today") if name == "daily_budget_usd" else ("Monthly", "this month")
-        resets = datetime.fromtimestamp(exceeded.retry_at or now, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        message = (
-            f"{period} budget of {format_value(name, limit)} used up for {email} (rule {source}): "
-            f"{_usd(exceeded.used)} spent {spent_when}. It resets at {resets} (in {_duration(wait or 0)})."
-        )
-        # Retrying cannot help before the reset; tell Anthropic's SDKs (and so Claude Code) not to.
-        headers = {"retry-after": str(wait or 1), "x-should-retry": "false"}
+        # Claude Code's own shape for a spent budget: 429 billing_error, its message shown as it is.
+        period, resets = ("daily", day_ends(now)) if name == "daily_budget_usd" else ("monthly", month_ends(now))
+        cap = Cap(period, int(limit * MICROS), exceeded.used, resets, source)
+        return PolicyRefusal(groups=groups, rule=rule, **billing_refusal(cap, email, now, help_text=budget_help))
     elif name == "max_concurrent_requests":
         message = (
             f"Too many requests at once: at most {limit} at a time for {email} (rule {source}). "
@@ -257,18 +303,3 @@ def _refusal(
             message += f" Try again in {wait} s."
             headers = {"retry-after": str(wait)}
     return PolicyRefusal(429, message, outcome="rate_limited", groups=groups, rule=rule, headers=headers)
-
-
-def _usd(micros: int) -> str:
-    amount = micros / MICROS
-    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
-
-
-def _duration(seconds: int) -> str:
-    hours, minutes = divmod(math.ceil(seconds / 60), 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{max(minutes, 1)} min"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 from gateway.policy.counters import MICROS, Snapshot
 from gateway.policy.model import LIMIT_FIELDS, Decision, Policy, format_value
+
+if TYPE_CHECKING:
+    from gateway.managed_settings import ManagedSettings
 
 CAPTURE_MEANING = {
     "none": "no prompt or response text is kept",
@@ -26,8 +32,11 @@ def summary(policy: Policy) -> str:
     return f"{policy.source}: valid: " + ", ".join(parts)
 
 
-def explain(decision: Decision, source: str, usage: Snapshot | None = None) -> list[str]:
-    """Lines for a person: their groups (and where that came from), the rules that apply, each limit and why."""
+def explain(
+    decision: Decision, source: str, usage: Snapshot | None = None, settings: ManagedSettings | None = None
+) -> list[str]:
+    """Lines for a person: their groups (and where that came from), the rules that apply, each limit and why, and
+    the Claude Code managed settings they get."""
     lines = [decision.email]
     groups = ", ".join(decision.groups) or "none of the policy's groups"
     lines.append(f"  groups:  {groups}  (from {source})")
@@ -52,6 +61,7 @@ def explain(decision: Decision, source: str, usage: Snapshot | None = None) -> l
         lines.append(f"    {name:<24} {value:<28} {limits.why.get(name, '')}".rstrip())
     lines.append(f"  capture: {limits.capture} ({CAPTURE_MEANING[limits.capture]})")
     lines.append(f"           {limits.why.get('capture', '')}")
+    lines.extend(_settings_lines(settings))
     if usage is not None:
         lines.append("  usage now (shared counters):")
         lines.append(f"    requests in the last minute  {usage.requests_last_minute}")
@@ -59,6 +69,19 @@ def explain(decision: Decision, source: str, usage: Snapshot | None = None) -> l
         lines.append(f"    spent today (UTC)            ${usage.spent_today_micros / MICROS:,.4f}")
         lines.append(f"    spent this month (UTC)       ${usage.spent_this_month_micros / MICROS:,.4f}")
         lines.append(f"    requests in flight           {usage.in_flight}")
+    return lines
+
+
+def _settings_lines(settings: ManagedSettings | None) -> list[str]:
+    if settings is None:
+        return ["  managed settings: none (GET /managed/settings answers 404: no managed policy)"]
+    merged = " over ".join(settings.sources) or "no rule's managed_settings"
+    lines = [
+        f"  managed settings: {settings.checksum}",
+        f"    merged from {merged}; availableModels {settings.models_note}",
+    ]
+    text = json.dumps(settings.settings, indent=2, sort_keys=True, ensure_ascii=False)
+    lines.extend("    " + line for line in text.splitlines())
     return lines
 
 

@@ -15,7 +15,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from gateway.identity import fold_case
 from gateway.policy.model import BUDGET_FIELDS, CAPTURE_LEVELS, RULE_FIELDS, ModelPattern, Policy, Rule
 
-TOP_LEVEL_KEYS = ("version", "default", "groups", "users", "members")
+TOP_LEVEL_KEYS = ("version", "default", "groups", "users", "members", "budget_help")
 EXTENSION_PREFIX = "x-"
 UNLIMITED = "unlimited"
 
@@ -95,7 +95,14 @@ class _Reader:
         groups = self.rules(top["groups"][1], "group") if "groups" in top else {}
         users = self.rules(top["users"][1], "user") if "users" in top else {}
         members = self.members(top["members"][1]) if "members" in top else None
-        return Policy(self.source, default, groups, users, members)
+        budget_help = None
+        if "budget_help" in top:
+            node = top["budget_help"][1]
+            budget_help = self.scalar(node)
+            if not isinstance(budget_help, str) or not budget_help.strip():
+                self.fail(node, "budget_help must be text, e.g. `ask #claude-admins for more`")
+                budget_help = None
+        return Policy(self.source, default, groups, users, members, budget_help)
 
     def mapping(self, node: Node, what: str, allowed: tuple[str, ...] | None) -> dict[str, tuple[Node, Node]] | None:
         """A mapping's entries by key (with their nodes), refusing duplicates and, if `allowed`, unknown keys."""
@@ -173,6 +180,8 @@ class _Reader:
     def field(self, key: str, node: Node, what: str) -> tuple[bool, Any]:
         if key == "models":
             return self.models(node, what)
+        if key == "managed_settings":
+            return self.managed_settings(node, what)
         value = self.scalar(node)
         if key == "description":
             if not isinstance(value, str):
@@ -234,6 +243,27 @@ class _Reader:
                 ok = False
         return ok, tuple(patterns)
 
+    def managed_settings(self, node: Node, what: str) -> tuple[bool, Any]:
+        """A mapping of Claude Code settings, as JSON values; `availableModels` comes from `models` instead."""
+        entries = self.mapping(node, f"managed_settings in {what}", None)
+        if entries is None:
+            return False, None
+        if "availableModels" in entries:
+            self.fail(entries["availableModels"][0], f"availableModels in {what} is derived from the rule's `models` "
+                      "patterns (one declaration for the gateway and Claude Code's /model); list the models there")
+            return False, None
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            self.fail(node, f"managed_settings in {what}: {exc.problem}")
+            return False, None
+        problem = _not_json(value, "managed_settings")
+        if problem:
+            self.fail(node, f"{problem} in {what}; settings must be JSON values (text, numbers, true/false, lists, "
+                      "mappings)")
+            return False, None
+        return True, value
+
     def members(self, node: Node) -> dict[str, tuple[str, ...]]:
         entries = self.mapping(node, "`members`", None)
         if entries is None:
@@ -259,6 +289,25 @@ class _Reader:
                 emails.append(fold_case(email.strip()))
             members[group] = tuple(emails)
         return members
+
+
+def _not_json(value: Any, where: str) -> str | None:
+    """What in `value` JSON cannot carry (a date, a non-text key, an infinite number), or None."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a key that is not text ({key!r})"
+            problem = _not_json(item, f"{where}.{key}")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        return next((p for i, item in enumerate(value) if (p := _not_json(item, f"{where}[{i}]"))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} is {value}, which JSON cannot carry"
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return None
+    return f"{where} is {type(value).__name__} {value!r}, which JSON cannot carry"
 
 
 class _Bad:

@@ -19,7 +19,7 @@ LIMIT_FIELDS = (
     "max_tokens",
 )
 BUDGET_FIELDS = frozenset(("daily_budget_usd", "monthly_budget_usd"))
-RULE_FIELDS = ("models", *LIMIT_FIELDS, "capture", "description")
+RULE_FIELDS = ("models", *LIMIT_FIELDS, "capture", "managed_settings", "description")
 
 # Prompt capture levels, from least to most kept. Across several groups the most capture wins: a person in a
 # group whose prompts must be kept has them kept, whatever other groups they are in.
@@ -73,6 +73,8 @@ class Rule:
     max_tokens: int | None = None
     capture: str | None = None
     """Prompt capture level (one of CAPTURE_LEVELS); None when the rule does not say, which means `none`."""
+    managed_settings: Mapping[str, Any] | None = None
+    """Claude Code managed settings for the rule's people (JSON values), served at `GET /managed/settings`."""
     description: str | None = None
     given: frozenset[str] = frozenset()
     """The fields written in the file: a user override changes only these."""
@@ -88,6 +90,15 @@ class Policy:
     users: Mapping[str, Rule] = field(default_factory=dict)
     members: Mapping[str, tuple[str, ...]] | None = None
     """Static group membership (group -> members, which may be groups), or None to ask Cloud Identity."""
+    budget_help: str | None = None
+    """Whom to ask for a bigger budget, ended onto the message Claude Code shows at the cap."""
+
+    def rule_named(self, name: str) -> Rule | None:
+        """A rule by its audit name: `default`, `group:EMAIL` or `user:EMAIL`."""
+        if name == "default":
+            return self.default
+        kind, _, email = name.partition(":")
+        return (self.groups if kind == "group" else self.users if kind == "user" else {}).get(email)
 
     @property
     def capturing_rules(self) -> list[Rule]:

@@ -7,6 +7,7 @@ import json
 
 from gateway.audit.content_schema import content_schema_json
 from gateway.audit.schema import bigquery_schema_json
+from gateway.audit.telemetry_schema import telemetry_schema_json
 from tests.deploy.conftest import TERRAFORM
 
 REGENERATE = (
@@ -30,4 +31,13 @@ def test_content_schema_file_equals_the_package_schema() -> None:
     assert (TERRAFORM / "content_schema.json").read_text() == expected, (
         "terraform/content_schema.json is stale; regenerate it:\n"
         ".venv/bin/claude-gateway bq schema --content > terraform/content_schema.json"
+    )
+
+
+def test_telemetry_schema_file_equals_the_package_schema() -> None:
+    expected = json.dumps(telemetry_schema_json(), indent=2) + "\n"
+    assert (TERRAFORM / "telemetry_schema.json").read_text() == expected, (
+        "terraform/telemetry_schema.json is stale; regenerate it:\n"
+        '.venv/bin/python -c "import json; from gateway.audit.telemetry_schema import telemetry_schema_json; '
+        'print(json.dumps(telemetry_schema_json(), indent=2))" > terraform/telemetry_schema.json'
     )

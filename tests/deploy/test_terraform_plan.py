@@ -58,6 +58,7 @@ def test_every_dataset_grants_exactly_the_intended_accounts(plan: Plan) -> None:
             owners,
             f"VIEWS dataset:{variables['project_id']}.{dataset}_security",
             f"roles/bigquery.dataEditor on table {variables['audit_table_id']} {GATEWAY}",
+            f"roles/bigquery.dataEditor on table telemetry {GATEWAY}",
         },
         f"{dataset}_security": {owners} | {f"READER group_by_email:{g}" for g in variables["security_reader_groups"]},
         f"{dataset}_content": {
@@ -102,9 +103,11 @@ def test_one_security_view_per_sql_file(plan: Plan) -> None:
     assert set(planned) == {path.stem for path in VIEWS.glob("*.sql")} and planned
     variables = plan.variables
     table = f"`{variables['project_id']}.{variables['bigquery_dataset_id']}.{variables['audit_table_id']}`"
+    telemetry = f"`{variables['project_id']}.{variables['bigquery_dataset_id']}.telemetry`"
     for name, values in planned.items():
         (view,) = values["view"]
-        assert table in view["query"] and "{audit_table}" not in view["query"], name
+        assert table in view["query"] or telemetry in view["query"], name
+        assert "{audit_table}" not in view["query"] and "{telemetry_table}" not in view["query"], name
         assert values["dataset_id"] == f"{variables['bigquery_dataset_id']}_security"
 
 
@@ -121,6 +124,7 @@ def test_gateway_account_holds_only_what_it_uses(all_features_plan: Plan) -> Non
     assert held == [
         ("google_bigquery_table_iam_member.gateway_writes_audit", "roles/bigquery.dataEditor"),
         ("google_bigquery_table_iam_member.gateway_writes_content", "roles/bigquery.dataEditor"),
+        ("google_bigquery_table_iam_member.gateway_writes_telemetry", "roles/bigquery.dataEditor"),
         ("google_project_iam_member.gateway_vertex_predict", f"ref:{CUSTOM_ROLE}"),
         ("google_secret_manager_secret_iam_member.gateway_reads_api_key", "roles/secretmanager.secretAccessor"),
         ("google_secret_manager_secret_iam_member.gateway_reads_policy", "roles/secretmanager.secretAccessor"),

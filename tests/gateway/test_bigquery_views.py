@@ -142,7 +142,7 @@ def test_bq_init_creates_every_view_file_as_a_view(loaded: Loaded) -> None:
     table = client.get_table(loaded.table.path)
     client.close()
 
-    assert names == set(view_templates()) and len(names) == 9
+    assert names == set(view_templates()) and len(names) == 10
     assert table.time_partitioning.field == "timestamp"
     assert table.clustering_fields == ["user_email", "requested_model", "outcome"]
 
@@ -263,7 +263,11 @@ def test_audit_summary_gives_the_views_numbers_for_the_same_rows(
 def test_view_files_keep_the_terraform_placeholder_convention() -> None:
     for name, sql in view_templates().items():
         assert name.isidentifier() and name == name.lower()
-        assert "{audit_table}" in sql and not re.search(r"`[^`]*\.[^`]*`", sql)  # no table named outright
-        assert "QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id" in sql  # at-least-once rows de-duplicated
+        assert not re.search(r"`[^`]*\.[^`]*`", sql)  # no table named outright
+        # at-least-once rows de-duplicated, by the key of the table the view reads
+        if "{telemetry_table}" in sql:
+            assert "QUALIFY ROW_NUMBER() OVER (PARTITION BY telemetry_id" in sql
+        else:
+            assert "{audit_table}" in sql and "QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id" in sql
         assert "WHERE timestamp >=" in sql  # the table requires a partition filter
     assert Path(__file__).parents[2].joinpath("gateway/audit/views").is_dir()

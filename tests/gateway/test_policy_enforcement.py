@@ -77,16 +77,17 @@ def test_model_outside_the_allow_list_is_refused_and_audited(policy_stack: Any) 
 
         response = send(stack, model="claude-opus-4-1-20250805")
 
-        assert response.status_code == 403
+        # The gateway protocol's answer to a denied model, which Claude Code shows as it is.
+        assert response.status_code == 400
         error = error_of(response)
-        assert error["type"] == "permission_error"
+        assert error["type"] == "invalid_request_error"
         assert error["message"] == (
             "Model claude-opus-4-1-20250805 is not allowed for ada@example.com (rule group:eng@example.com). "
             "Allowed: claude-sonnet-*, claude-haiku-*. In Claude Code, pick another with /model."
         )
         assert stack.upstream.requests == []
         row = stack.rows(1)[-1]
-        assert (row["status_code"], row["outcome"]) == (403, "denied")
+        assert (row["status_code"], row["outcome"]) == (400, "denied")
         assert row["policy_rule"] == "group:eng@example.com"
         assert row["groups"] == ["eng@example.com"]
 
@@ -135,7 +136,7 @@ def test_person_in_no_group_gets_the_default_rule(policy_stack: Any) -> None:
         assert send(stack, MALLORY, model="claude-haiku-4-5").status_code == 200
         refused = send(stack, MALLORY, model=SONNET)
 
-        assert refused.status_code == 403
+        assert refused.status_code == 400
         assert "(rule default)" in error_of(refused)["message"]
         assert stack.rows(2)[-1]["policy_rule"] == "default"
 
@@ -192,6 +193,7 @@ def test_spent_budget_is_refused_with_which_budget_and_when_it_resets(policy_sta
             "It resets at "
         )
         assert " 00:00 UTC (in " in message
+        assert error_of(refused)["type"] == "billing_error"  # the gateway protocol's shape for a spent budget
         assert refused.headers["x-should-retry"] == "false"  # Claude Code would only retry in vain
         assert 0 < int(refused.headers["retry-after"]) <= 86_400
         assert stack.rows(2)[-1]["outcome"] == "rate_limited"
@@ -239,7 +241,7 @@ def test_count_tokens_and_model_list_need_a_rule_but_are_not_counted(policy_stac
         first, second = send(stack), send(stack)
 
         assert counted.status_code == 200
-        assert other_model.status_code == 403
+        assert other_model.status_code == 400
         assert models.status_code == 200
         listed = [entry["id"] for entry in models.json()["data"]]
         assert listed and all(model.startswith("claude-sonnet-") for model in listed)

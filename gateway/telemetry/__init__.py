@@ -1,0 +1,1 @@
+"""Claude Code's OpenTelemetry, received over OTLP/HTTP and kept with the verified identity of who sent it."""
