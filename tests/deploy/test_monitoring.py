@@ -249,7 +249,8 @@ def test_each_budget_crossing_matches_exactly_its_thresholds_alert(
 
 def _promql_metrics(text: str) -> set[str]:
     """Log-based metric names a PromQL text refers to (histogram suffixes removed)."""
-    return {re.sub(r"_(sum|count|bucket)$", "", name) for name in re.findall(r"logging_googleapis_com:user_(\w+)", text)}
+    names = re.findall(r"logging_googleapis_com:user_(\w+)", text)
+    return {re.sub(r"_(sum|count|bucket)$", "", name) for name in names}
 
 
 def test_every_alert_and_chart_refers_to_a_metric_the_plan_creates(default_plan: Plan) -> None:
@@ -309,7 +310,7 @@ def test_the_unusual_tokens_alert_keeps_the_views_rule(default_plan: Plan) -> No
 
     assert f">= {factor[1]} * quantile_over_time(0.5," in query and "[30d:1d] offset 1d)" in query
     assert f">= {minimum[1]}\n" in query
-    assert f"count_over_time((sum by (user) (increase(" in query and f">= {history[1]}\n" in query
+    assert "count_over_time((sum by (user) (increase(" in query and f">= {history[1]}\n" in query
 
 
 def test_monitoring_can_be_switched_off(planner: Planner) -> None:
