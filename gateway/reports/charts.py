@@ -19,7 +19,7 @@ from gateway.reports.data import Total
 
 COST_COLOUR = "#c2562f"
 TOKENS_COLOUR = "#3b6ea8"
-LABEL_CHARS = 48
+LABEL_CHARS = 32
 
 # Text as text (small, selectable); the same ids on every run; and a `$` in a model name a caller chose is a
 # dollar sign, not the start of mathtext.
