@@ -368,7 +368,7 @@ resource "google_monitoring_alert_policy" "audit_fallback" {
 resource "google_monitoring_alert_policy" "error_rate" {
   count = local.monitoring
 
-  display_name          = "${var.name}: upstream or gateway errors above ${var.alert_error_ratio * 100} % of requests"
+  display_name          = "${var.name}: upstream or gateway errors spiking"
   combiner              = "OR"
   severity              = "ERROR"
   notification_channels = local.notification_channels
@@ -395,7 +395,7 @@ resource "google_monitoring_alert_policy" "error_rate" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Requests ending in upstream_error (the upstream failed, refused or cut the stream) or gateway_error. The audit rows' error_message and upstream_failures say why: SELECT outcome, error_type, error_message, upstream_failures FROM the audit table WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 HOUR) AND outcome IN ('upstream_error', 'gateway_error')."
+    content   = "More than ${var.alert_error_ratio} of the requests of the last 10 minutes (at least ${var.alert_error_min_requests} of them) ended in upstream_error (the upstream failed, refused or cut the stream) or gateway_error. The audit rows' error_message and upstream_failures say why: SELECT outcome, error_type, error_message, upstream_failures FROM the audit table WHERE timestamp >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 HOUR) AND outcome IN ('upstream_error', 'gateway_error')."
   }
 
   depends_on = [google_logging_metric.requests]
