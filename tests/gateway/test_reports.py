@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import math
 import os
 from collections import defaultdict
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -23,6 +25,7 @@ from gateway.cli import main
 from gateway.reports.data import ReportError, check_scan
 from gateway.reports.page import money
 from tests.support import chromium
+from tests.support.servers import lifespan, read_body, serve
 
 OCTOBER = "2026-10-15"
 HOSTILE_MODEL = '=HYPERLINK("http://evil.example/","x") <script>alert(1)</script> $\\alpha$'
@@ -274,7 +277,68 @@ def test_a_bigquery_report_states_its_scan_and_gives_the_sqlite_numbers(
     assert {r["groups"] for r in remote} == {r["groups"] for r in local}
 
 
-def test_a_report_over_the_scan_limit_is_refused_before_it_runs() -> None:
+class LargeTable:
+    """Between the client and the emulator (whose dry runs estimate 0 bytes): says a dry run would scan `claimed`
+    bytes, as BigQuery says of a large table, and records the query jobs that are not dry runs."""
+
+    def __init__(self, emulator_url: str, claimed: int) -> None:
+        self.emulator_url = emulator_url
+        self.claimed = claimed
+        self.queries_run: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive)
+        sent = json.loads(body) if body else {}
+        query = sent.get("configuration", {}).get("query", {}).get("query") if isinstance(sent, dict) else None
+        dry_run = bool(sent.get("configuration", {}).get("dryRun")) if isinstance(sent, dict) else False
+        if query and not dry_run:
+            self.queries_run.append(query)
+        query_string = scope["query_string"].decode()
+        url = self.emulator_url + scope["path"] + (f"?{query_string}" if query_string else "")
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k.lower() not in (b"host", b"content-length")}
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.request(scope["method"], url, content=body, headers=headers)
+        content = answer.content
+        if dry_run:
+            job = answer.json()
+            job.setdefault("statistics", {})["totalBytesProcessed"] = str(self.claimed)
+            job["statistics"].setdefault("query", {})["totalBytesProcessed"] = str(self.claimed)
+            content = json.dumps(job).encode()
+        await send({"type": "http.response.start", "status": answer.status_code,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": content})
+
+
+@pytest.mark.slow
+def test_a_bigquery_report_over_the_scan_limit_is_refused_before_it_runs(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.bqemulator import shared_emulator
+
+    emulator = shared_emulator()
+    table: TableRef = emulator.new_table()
+    large = LargeTable(emulator.url, 12 * 2**30)
+    with serve(large) as url:
+        clean_env.setenv("GATEWAY_BIGQUERY_ENDPOINT", url)
+        clean_env.setenv("GATEWAY_BIGQUERY_ANONYMOUS", "1")
+        refused = report(table.url, tmp_path / "big.html")
+        said = capsys.readouterr().err
+        allowed = report(table.url, tmp_path / "allowed.html", "--max-scan-gb", "12")
+
+    assert refused == 2
+    assert f"BigQuery: this report scans 12.0 GiB of {table.path} (limit 10.0 GiB)" in said
+    assert said.splitlines()[-1] == (
+        "claude-gateway: the report would scan 12.0 GiB of BigQuery data, over the limit of 10.0 GiB: raise it "
+        "with --max-scan-gb, or report a shorter period (--period week)"
+    )
+    assert not (tmp_path / "big.html").exists()
+    assert allowed == 0 and len(large.queries_run) == 1  # the dry run alone, until the limit allowed the query
+
+
+def test_the_scan_limit_itself_is_allowed() -> None:
     check_scan(10 * 2**30, 10 * 2**30)
     with pytest.raises(ReportError, match=r"would scan 10\.5 GiB of BigQuery data, over the limit of 10\.0 GiB"):
         check_scan(int(10.5 * 2**30), 10 * 2**30)
