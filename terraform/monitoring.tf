@@ -152,7 +152,7 @@ resource "google_logging_metric" "cost" {
   metric_descriptor {
     metric_kind  = "DELTA"
     value_type   = "DISTRIBUTION"
-    unit         = "USD"
+    unit         = "{USD}" # UCUM has no currency: an annotation of the unit 1
     display_name = "${var.name} cost"
     labels {
       key         = "model"
@@ -526,7 +526,7 @@ locals {
   dashboard_series = [
     ["Requests", "sum by (BY) (increase(${local.promql.requests}${local.promql_selector}[5m]))", "1"],
     ["Tokens", "sum by (BY) (increase(${local.promql.tokens}_sum${local.promql_selector}[5m]))", "1"],
-    ["Cost (USD, list prices)", "sum by (BY) (increase(${local.promql.cost}_sum${local.promql_selector}[5m]))", "USD"],
+    ["Cost (USD, list prices)", "sum by (BY) (increase(${local.promql.cost}_sum${local.promql_selector}[5m]))", "{USD}"],
     ["Requests not ok (errors and refusals)", "sum by (BY, outcome) (increase(${local.promql.requests}{monitored_resource=\"cloud_run_revision\",service_name=\"${var.name}\",outcome!=\"ok\"}[5m]))", "1"],
     ["Time to first byte, p95", "histogram_quantile(0.95, sum by (BY, le) (rate(${local.promql.ttfb}_bucket${local.promql_selector}[5m])))", "ms"],
   ]
