@@ -38,7 +38,11 @@ def make_report(
     """Read the rows, filter by group, write FILE and FILE's .csv; a ReportError says in one line what is wrong."""
     chosen = Period.of(period, of or datetime.now(UTC).date())
     html_path = Path(out)
-    csv_path = html_path.with_suffix(".csv") if html_path.suffix.lower() != ".csv" else html_path.with_suffix(".html")
+    if html_path.suffix.lower() == ".csv":
+        raise ReportError(f"--out {out}: name the HTML file (e.g. report.html); the CSV is written beside it")
+    if not max_scan_gb > 0:
+        raise ReportError(f"--max-scan-gb must be above 0; got {max_scan_gb}")
+    csv_path = html_path.with_suffix(".csv")
     lines, source = _read(settings, sink or settings.audit_sink, chosen, int(max_scan_gb * 2**30), say)
     if group is not None:
         group = group.strip().lower()

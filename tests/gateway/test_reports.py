@@ -221,6 +221,26 @@ def test_a_group_of_the_policy_without_traffic_gets_an_empty_report(
     assert "No requests in October 2026 for group interns@example.com" in (tmp_path / "i.html").read_text()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--out", "r.csv"], "--out r.csv: name the HTML file (e.g. report.html); the CSV is written beside it"),
+        (["--out", "r.html", "--max-scan-gb", "0"], "--max-scan-gb must be above 0; got 0.0"),
+        (["--out", "r.html", "--of", "2026-13-01"], "--of takes a date as YYYY-MM-DD"),
+    ],
+)
+def test_bad_arguments_are_one_readable_line(
+    audit_db: Path, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    arguments: list[str], message: str,
+) -> None:
+    clean_env.chdir(tmp_path)
+    code = main(["audit", "report", "--period", "month", "--sink", f"sqlite:///{audit_db}", *arguments])
+    error = capsys.readouterr().err
+
+    assert code == 2 and error.count("\n") == 1 and message in error
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_audit_file_is_one_readable_line(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
