@@ -1,4 +1,7 @@
-"""The access log: one structured line per request, with Cloud Logging's `httpRequest` and the audit fields."""
+"""The access log: one structured line per request, with Cloud Logging's `httpRequest` and the audit fields.
+
+terraform/monitoring.tf builds its log-based metrics on these lines (`labels.python_logger="gateway.access"`):
+a field renamed here is a metric that silently stops counting (tests/deploy/test_monitoring.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 from gateway.audit.record import AuditRecord
 
 access_logger = logging.getLogger("gateway.access")
+NO_GROUP = "(no group)"  # as the daily_usage_by_group view names requests without a matched group
 
 
 def log_access(record: AuditRecord, project: str | None) -> None:
@@ -35,6 +39,12 @@ def log_access(record: AuditRecord, project: str | None) -> None:
             "upstream": record.upstream,
             "attempts": record.attempts,
             "upstream_failures": record.upstream_failures,
+            # For the log-based metrics: one string (a metric label cannot be a list), and the views' token total.
+            "groups": ",".join(record.groups) or NO_GROUP,
+            "tokens": (record.input_tokens or 0) + (record.output_tokens or 0)
+            + (record.cache_creation_input_tokens or 0) + (record.cache_read_input_tokens or 0),
+            "cost_usd": record.cost_usd,
+            "ttfb_ms": record.ttfb_ms,
         },
     }
     if record.trace_id and project:

@@ -213,6 +213,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
     """One streamed request through the whole stack, printed as it arrives, then its audit row."""
     from gateway.audit import query
+    from gateway.reports.command import dev_report
 
     model = "claude-haiku-5-5"
     request = {
@@ -245,6 +246,7 @@ async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
     if rows:
         say("  audit row:")
         say(_format_row(rows[-1], indent="    "))
+        say(f"  report: {await asyncio.to_thread(dev_report, load_settings(dev_mode=True), audit_db)}")
     say("\nThe gateway keeps running; Ctrl-C stops it.")
 
 
@@ -398,6 +400,25 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     content = f", {found.content_rows} with captured content" if args.content else ""
     note(f"{email}: {len(found.requests)} requests from {window.first} to {window.last} (UTC){content}"
          + (f", written to {args.out}" if args.out else ""))
+    return 0
+
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from gateway.reports.command import make_report, summary_line
+    from gateway.reports.data import ReportError
+
+    try:
+        of = dt.date.fromisoformat(args.of) if args.of else None
+    except ValueError as exc:
+        raise CLIError(f"--of takes a date as YYYY-MM-DD ({exc})") from None
+    try:
+        written = make_report(load_settings(dev_mode=True), period=args.period, out=args.out, of=of, group=args.group,
+                              sink=args.sink, max_scan_gb=args.max_scan_gb, say=note)
+    except ReportError as exc:
+        raise CLIError(str(exc)) from None
+    say(summary_line(written))
     return 0
 
 
@@ -596,6 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--content-sink", default=None,
                         help="where the content is (default: GATEWAY_CONTENT_SINK, or beside the audit sink)")
     export.set_defaults(func=cmd_audit_export)
+
+    report = audit_commands.add_parser(
+        "report", help="an HTML report with charts (cost and tokens by group, person, model, day) and a CSV"
+    )
+    report.add_argument("--period", required=True, choices=["month", "week"], help="a calendar month or a week")
+    report.add_argument("--of", default=None, metavar="DATE", help="a UTC day in the period (default: today)")
+    report.add_argument("--group", default=None, help="only the requests of people in this Workspace group")
+    report.add_argument("--out", required=True, metavar="FILE", help="the HTML file; the CSV is written beside it")
+    report.add_argument("--sink", default=None, help="sqlite:///PATH or bigquery://P/D/T (default: GATEWAY_AUDIT_SINK)")
+    report.add_argument("--max-scan-gb", type=float, default=10.0,
+                        help="refuse a BigQuery report that would scan more than this (default 10)")
+    report.set_defaults(func=cmd_audit_report)
 
     bq = commands.add_parser("bq", help="the BigQuery audit table: its schema, and creating it")
     bq_commands = bq.add_subparsers(dest="bq_command", required=True)

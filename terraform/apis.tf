@@ -9,6 +9,7 @@ locals {
       "iam.googleapis.com",
       "iap.googleapis.com",
       "logging.googleapis.com",
+      "monitoring.googleapis.com", # alerts and the dashboard (monitoring.tf)
       "run.googleapis.com",
       "secretmanager.googleapis.com",
       "storage.googleapis.com",

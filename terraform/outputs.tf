@@ -76,3 +76,8 @@ output "redis_host" {
   description = "Private address of the Memorystore Redis instance, or null when redis_enabled is false."
   value       = var.redis_enabled ? google_redis_instance.rate_limits[0].host : null
 }
+
+output "monitoring_dashboard" {
+  description = "The Cloud Monitoring dashboard (usage, cost, errors and latency by model and group), or null when monitoring_enabled is false."
+  value       = var.monitoring_enabled ? google_monitoring_dashboard.default[0].id : null
+}

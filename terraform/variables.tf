@@ -561,3 +561,79 @@ variable "vpc_subnet_cidr" {
     error_message = "The vpc_subnet_cidr must be an IPv4 CIDR range of /26 or larger, such as 10.8.0.0/24."
   }
 }
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Alerts and the dashboard (monitoring.tf, docs/admin-guide.md "Alerts and the dashboard")
+# ---------------------------------------------------------------------------------------------------------------------
+
+variable "monitoring_enabled" {
+  description = "Create the log-based metrics, alert policies and dashboard of monitoring.tf."
+  type        = bool
+  default     = true
+}
+
+variable "alert_notification_channels" {
+  description = "Existing Cloud Monitoring notification channels every alert goes to, as projects/PROJECT/notificationChannels/ID (Slack, PagerDuty, SMS, ... made in the console or with gcloud)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[0-9]+$", c))])
+    error_message = "Each alert_notification_channels entry must be a channel name: projects/PROJECT/notificationChannels/ID."
+  }
+}
+
+variable "alert_emails" {
+  description = "Email addresses every alert goes to; Terraform creates an email notification channel for each."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for e in var.alert_emails : can(regex("^[^@\\s:]+@[^@\\s:]+\\.[^@\\s:]+$", e))])
+    error_message = "Each alert_emails entry must be an email address."
+  }
+}
+
+variable "alert_error_ratio" {
+  description = "Share of requests ending in upstream_error or gateway_error over 10 minutes that raises the error-rate alert."
+  type        = number
+  default     = 0.05
+
+  validation {
+    condition     = var.alert_error_ratio > 0 && var.alert_error_ratio <= 1
+    error_message = "The alert_error_ratio must be above 0 and at most 1."
+  }
+}
+
+variable "alert_error_min_requests" {
+  description = "Requests in the 10 minutes below which the error-rate alert stays quiet (two requests, one failed, is no spike)."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.alert_error_min_requests >= 1 && floor(var.alert_error_min_requests) == var.alert_error_min_requests
+    error_message = "The alert_error_min_requests must be a whole number, at least 1."
+  }
+}
+
+variable "alert_upstream_failovers" {
+  description = "Requests that needed a second upstream attempt in 10 minutes above which the upstream-failure alert fires."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.alert_upstream_failovers >= 0
+    error_message = "The alert_upstream_failovers must not be negative."
+  }
+}
+
+variable "alert_policy_refusals" {
+  description = "Requests refused by policy (denied or rate_limited) in 10 minutes above which the bulk-refusal alert fires."
+  type        = number
+  default     = 50
+
+  validation {
+    condition     = var.alert_policy_refusals >= 0
+    error_message = "The alert_policy_refusals must not be negative."
+  }
+}

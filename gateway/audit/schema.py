@@ -15,14 +15,25 @@ class Column:
 
 AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("request_id", "STRING", "Gateway request id, unique per request (BigQuery insertId).", "REQUIRED"),
-    Column("timestamp", "TIMESTAMP", "When the gateway received the request (UTC).", "REQUIRED"),
+    Column(
+        "timestamp",
+        "TIMESTAMP",
+        "When the gateway received the request (UTC); the partitioning column: filter on it in every query.",
+        "REQUIRED",
+    ),
     Column("duration_ms", "FLOAT64", "Milliseconds from receipt to the last byte sent or the refusal."),
     Column("ttfb_ms", "FLOAT64", "Milliseconds from receipt to the first response byte sent to the client."),
     Column("user_email", "STRING", "Verified Workspace email from the IAP assertion; null if unauthenticated."),
-    Column("user_subject", "STRING", "Stable Google account id (IAP `sub`)."),
+    Column("user_subject", "STRING", "Stable Google account id (IAP `sub`): survives a change of email address."),
     Column("user_domain", "STRING", "Hosted domain (IAP `hd`) or the email's domain."),
-    Column("groups", "STRING", "Workspace groups that matched the user's policy.", "REPEATED"),
-    Column("policy_rule", "STRING", "Policy rule applied to the request."),
+    Column(
+        "groups",
+        "STRING",
+        "Workspace groups that matched the user's policy (empty without a policy file); GROUPS is reserved in "
+        "BigQuery: write `groups`.",
+        "REPEATED",
+    ),
+    Column("policy_rule", "STRING", "Policy rule applied to the request (the one that refused it, when one did)."),
     Column("session_id", "STRING", "Claude Code session (X-Claude-Code-Session-Id)."),
     Column("agent_id", "STRING", "Claude Code subagent (X-Claude-Code-Agent-Id)."),
     Column("parent_agent_id", "STRING", "Parent of the subagent (X-Claude-Code-Parent-Agent-Id)."),
@@ -36,7 +47,9 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     Column("attempts", "INT64", "Upstream attempts made (more than 1 after failover)."),
     Column("upstream_failures", "STRING", "Why earlier attempts failed (upstream: reason; ...), when any did."),
     Column("stream", "BOOL", "Whether the client asked for a streamed reply."),
-    Column("status_code", "INT64", "HTTP status returned to the client.", "REQUIRED"),
+    Column(
+        "status_code", "INT64", "HTTP status returned to the client (499: the client left before a status).", "REQUIRED"
+    ),
     Column(
         "outcome",
         "STRING",
@@ -48,11 +61,15 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
     ),
     Column("error_type", "STRING", "Anthropic error type when the request failed."),
     Column("error_message", "STRING", "Error message when the request failed (truncated)."),
-    Column("upstream_request_id", "STRING", "Upstream `request-id` header."),
+    Column("upstream_request_id", "STRING", "Upstream `request-id` header: quote it to Anthropic support."),
     Column("message_id", "STRING", "Anthropic message id (msg_...)."),
     Column("stop_reason", "STRING", "end_turn, max_tokens, tool_use, stop_sequence, ..."),
     Column("input_tokens", "INT64", "Uncached input tokens."),
-    Column("output_tokens", "INT64", "Output tokens (cumulative, as last reported)."),
+    Column(
+        "output_tokens",
+        "INT64",
+        "Output tokens (cumulative, as last reported: a stream cut short counts what was sent).",
+    ),
     Column("cache_creation_input_tokens", "INT64", "Input tokens written to the prompt cache."),
     Column("cache_read_input_tokens", "INT64", "Input tokens read from the prompt cache."),
     Column(
@@ -82,7 +99,12 @@ AUDIT_COLUMNS: tuple[Column, ...] = (
         "list (the model's own price), family_max or overall_max (no price known: the highest list price of its "
         "family, or of any model, was charged).",
     ),
-    Column("price_source", "STRING", "Price data that costed the row, with its version, e.g. genai-prices 0.2.3."),
+    Column(
+        "price_source",
+        "STRING",
+        "Price data that costed the row, with its version, e.g. genai-prices 0.2.3, packaged gap table 2026-12-01, "
+        "or the operator's pricing file; null for requests not priced (refused).",
+    ),
     Column(
         "usage_estimated",
         "BOOL",

@@ -21,3 +21,5 @@ bigquery_location           = "EU"
 access_policy_number        = "123456789"
 access_level_ip_ranges      = ["203.0.113.0/24", "2001:db8::/32"]
 access_level_device_policy  = { require_corp_owned = true, os_types = ["DESKTOP_MAC", "DESKTOP_LINUX"] }
+alert_notification_channels = ["projects/example-gateway/notificationChannels/1234567890"]
+alert_emails                = ["gateway-admins@example.com"]

@@ -46,6 +46,8 @@ def test_variables_set_in_the_guide_exist(terraform: Terraform) -> None:
         "Who can read the audit data",
         "Context-aware access",
         "What a developer sees when refused",
+        "Alerts and the dashboard",
+        "claude-gateway audit report",
     ],
 )
 def test_guide_covers(topic: str) -> None:
@@ -91,6 +93,7 @@ ROLE_FOR_RESOURCES = {
     "google_artifact_registry_": "roles/artifactregistry.admin",
     "google_storage_": "roles/storage.admin",
     "google_logging_": "roles/logging.configWriter",
+    "google_monitoring_": "roles/monitoring.editor",
     "google_redis_": "roles/redis.admin",
     "google_compute_": "roles/compute.networkAdmin",
     "google_access_context_manager_": "roles/accesscontextmanager.policyEditor",

@@ -76,6 +76,12 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
         {"access_level_device_policy": {"allowed_encryption_statuses": ["YES"]}, **POLICY},
         "Each allowed_encryption_statuses entry must be",
     ),
+    "notification channel by its number only": (
+        {"alert_notification_channels": ["1234567890"]},
+        "Each alert_notification_channels entry must be a channel name",
+    ),
+    "alert email without a domain": ({"alert_emails": ["admins"]}, "Each alert_emails entry must be an email address"),
+    "error ratio as a percentage": ({"alert_error_ratio": 5}, "The alert_error_ratio must be above 0 and at most 1"),
 }
 
 # Cases planned together: no variable twice in a round, and no invalid value of a variable that another case's
@@ -93,6 +99,9 @@ ROUNDS = [
         "domain as content readers",
         "unknown upstream",
         "access level short name",
+        "notification channel by its number only",
+        "alert email without a domain",
+        "error ratio as a percentage",
     ],
     [
         "CIDR smaller than /26",

@@ -78,7 +78,7 @@ def test_duplicate_model_keys_cannot_pass_the_allow_list_in_either_order(capped:
     refused = request(capped, opus_last)
     served = request(capped, haiku_last)
 
-    assert refused.status_code == 403
+    assert refused.status_code == 400  # a denied model, as the gateway protocol asks
     assert served.status_code == 200
     # What was checked is what was relayed: the upstream sees one model, the one the allow-list passed.
     [seen] = capped.upstream.requests

@@ -229,6 +229,63 @@ def test_off_hours_usage(loaded: Loaded) -> None:
     assert (eve[EVE_SATURDAY]["requests"], eve[EVE_SATURDAY]["weekend"]) == (1, True)
 
 
+def test_requests_by_group_flattens_groups_and_counts_each_request_once(loaded: Loaded) -> None:
+    rows = loaded.view("requests_by_group", f"day = '{DAY0}'")
+    ada = [row for row in rows if row["user_email"] == "ada@example.com"]
+    once = [row for row in rows if row["counts_once"]]
+
+    assert sorted(row["group_email"] for row in ada) == ["all@example.com"] * 3 + ["eng@example.com"] * 3
+    assert len(once) == len({row["request_id"] for row in rows}) == 7  # the duplicate is gone
+    assert sum(row["cost_usd"] for row in once) == pytest.approx(3.51)  # ada 1.5, bob 0.01, mallory 2.0
+    assert sum(row["tokens"] for row in once if row["user_email"] == "ada@example.com") == 1460
+    by_group = {g: sum(r["cost_usd"] for r in rows if r["group_email"] == g) for g in {r["group_email"] for r in rows}}
+    assert by_group["all@example.com"] == pytest.approx(1.51)  # as daily_usage_by_group
+    assert by_group["(no group)"] == pytest.approx(2.0)
+    assert {row["refused"] for row in rows if row["outcome"] == "denied"} == {True}
+
+
+def guide_queries() -> list[str]:
+    """The statements of docs/security-teams.md#example-queries."""
+    guide = (Path(__file__).parents[2] / "docs" / "security-teams.md").read_text()
+    section = guide.split("\n## Example queries\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
+    return [statement.strip() for block in blocks for statement in block.split(";") if statement.strip()]
+
+
+@pytest.mark.parametrize("query", guide_queries(), ids=lambda q: q.splitlines()[0].removeprefix("-- ")[:60])
+def test_the_guides_example_queries_run_and_find_the_rows(loaded: Loaded, query: str) -> None:
+    project = loaded.table.project
+    sql = (
+        query.replace("`PROJECT.claude_gateway_security.", f"`{project}.{loaded.views}.")
+        .replace("`PROJECT.claude_gateway.requests`", loaded.table.sql)
+        .replace("'0f5c6d2e-...'", "'s1'")  # the session of the test rows
+    )
+    assert "PROJECT" not in sql, "a table the test does not know how to name"
+
+    rows = loaded.emulator.query(sql)
+
+    assert rows, f"no rows from:\n{sql}"
+    first = rows[0]
+    heading = query.splitlines()[0]
+    if "Who spent the most" in heading:
+        assert (first["spend_rank"], first["user_email"]) == (1, "mallory@example.com")
+    elif "Cost per Workspace group" in heading:
+        groups = {row["group_email"]: row for row in rows}
+        assert groups["all@example.com"]["cost_usd"] == pytest.approx(6.51)  # with bob's $5 of 8 days ago
+        assert (groups["all@example.com"]["people"], groups["(no group)"]["cost_usd"]) == (2, pytest.approx(2.2))
+    elif "Cost per model" in heading:
+        # Each request once: today's 7, bob's of 8 days ago, eve's 3, mallory's 10 earlier days.
+        assert sum(row["requests"] for row in rows) == 7 + 1 + 3 + 10
+    elif "unusual token use" in heading:
+        assert first["user_email"] == "mallory@example.com"
+    elif "one Claude Code session" in heading:
+        assert len(rows) == 3 and {row["agent_id"] for row in rows} == {"a1", "a2", None}
+
+
+def test_every_example_query_of_the_guide_is_checked() -> None:
+    assert len(guide_queries()) == 8
+
+
 NUMBERS = ("requests", "refused", "failed", "input_tokens", "output_tokens", "cache_creation_input_tokens",
            "cache_read_input_tokens", "cost_usd")
 

@@ -61,6 +61,19 @@ def test_dev_shows_a_streamed_reply_and_its_audit_row(dev_gateway: tuple[subproc
     assert "output_tokens: 24" in output
 
 
+def test_dev_shows_the_path_to_a_report_of_the_demo_traffic(
+    dev_gateway: tuple[subprocess.Popen[str], Path, str],
+) -> None:
+    _, audit_db, output = dev_gateway
+
+    (line,) = [line for line in output.splitlines() if line.startswith("  report: ")]
+    report = Path(line.removeprefix("  report: "))
+    assert report.parent == audit_db.parent and report.suffix == ".html"
+    page = report.read_text()
+    assert "newcomer@example.com" in page and "claude-haiku-5-5" in page and "<img" in page
+    assert report.with_suffix(".csv").read_text().count("newcomer@example.com") == 1
+
+
 def test_audit_tail_and_summary_read_the_dev_audit_file(
     dev_gateway: tuple[subprocess.Popen[str], Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
