@@ -22,8 +22,9 @@ logger = logging.getLogger("gateway.budget")
 
 # Notice thresholds Claude Code shows ("You've used 82% of your usage credits"), highest first.
 NOTICE_THRESHOLDS = (0.95, 0.75)
-# Thresholds announced once per person and budget period in the `budget_threshold_crossed` log event, for alerts.
-ALERT_THRESHOLDS = (0.70, 0.75, 0.90, 0.95, 1.00)
+# Thresholds announced once per person and budget period in the `budget_threshold_crossed` log event: the admins'
+# alerts (terraform/monitoring.tf has one policy for each), so exactly one event per alert.
+ALERT_THRESHOLDS = (0.70, 0.90, 1.00)
 PREFIX = "anthropic-ratelimit-unified-"
 _UPSTREAM_RATELIMIT = b"anthropic-ratelimit-"
 DEFAULT_HELP = "ask your Claude Code administrator to raise it"
