@@ -142,7 +142,7 @@ def test_bq_init_creates_every_view_file_as_a_view(loaded: Loaded) -> None:
     table = client.get_table(loaded.table.path)
     client.close()
 
-    assert names == set(view_templates()) and len(names) == 10
+    assert names == set(view_templates()) and len(names) == 11
     assert table.time_partitioning.field == "timestamp"
     assert table.clustering_fields == ["user_email", "requested_model", "outcome"]
 
