@@ -49,8 +49,11 @@ POLICY = textwrap.dedent(f"""\
         daily_budget_usd: 0.10
         managed_settings:
           enforceAvailableModels: true
+      staff@example.com:
+        requests_per_minute: 100
     members:
       contractors@example.com: [{ADA}]
+      staff@example.com: [grace@example.com]
     """)
 SPEND = {"input_tokens": 10_000, "output_tokens": 6_000}
 SMALL = {"input_tokens": 20, "output_tokens": 5}
@@ -68,16 +71,39 @@ def priced_reply(seen: Seen) -> Reply:
     usage = SPEND if "SPEND" in _last_prompt(body) else SMALL
     start_usage = {"input_tokens": usage["input_tokens"], "output_tokens": 1}
     events = [
-        event("message_start", {"type": "message_start", "message": {
-            "id": "msg_budget", "type": "message", "role": "assistant", "model": body["model"], "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
-        event("content_block_start", {"type": "content_block_start", "index": 0,
-                                      "content_block": {"type": "text", "text": ""}}),
-        event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                      "delta": {"type": "text_delta", "text": "Priced reply."}}),
+        event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_budget",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body["model"],
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": start_usage,
+                },
+            },
+        ),
+        event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        event(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Priced reply."}},
+        ),
         event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                "usage": {"output_tokens": usage["output_tokens"]}}),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        ),
         event("message_stop", {"type": "message_stop"}),
     ]
     return Reply(200, SSE_HEADERS, events)
