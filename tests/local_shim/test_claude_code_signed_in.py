@@ -275,7 +275,8 @@ def test_signed_in_claude_code_takes_group_settings_shows_the_budget_notice_and_
     terminal = Terminal([str(binary)], claude_env(home, TERM="xterm-256color"), work)
     try:
         terminal.wait_for("shift+tab")
-        banner = terminal.wait_for("Sonnet 5.5 · Cloud gateway", "· Cloud gateway", timeout=30)
+        # enforceAvailableModels: the default is the allowed model, not Claude Code's own default (Opus 5.5).
+        terminal.wait_for("Sonnet 5.5 · Cloud gateway", timeout=30)
         refused_model = prompt(terminal, "/model opus", "restricted", "not available", "allowed", timeout=30)
         refused_model_screen = terminal.screen()
 
@@ -294,7 +295,6 @@ def test_signed_in_claude_code_takes_group_settings_shows_the_budget_notice_and_
     rows = audit_rows_until(budget_stack.local, lambda row: row["status_code"] == 429)
     settings_rows = [row for row in rows if row["path"] == "/managed/settings"]
     assert settings_rows and {(row["user_email"], row["status_code"]) for row in settings_rows} == {(ADA, 200)}
-    assert banner == "Sonnet 5.5 · Cloud gateway"  # enforceAvailableModels: the default is the allowed model
     assert refused_model == "not available", refused_model_screen
     assert "Model 'opus' is not available. Your organization restricts model selection." in refused_model_screen
     messages = [row for row in rows if row["path"] == "/v1/messages"]
