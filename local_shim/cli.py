@@ -1,4 +1,4 @@
-"""`claude-shim`: configure, login, logout, status, serve, run, env, doctor, token, claude-settings."""
+"""`claude-shim`: configure, login, logout, status, serve, run, env, doctor, token, usage, claude-settings."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from local_shim import claude_settings
+from local_shim import claude_settings, usage
 from local_shim.auth import build_provider
 from local_shim.bearer import revoke_all_sign_ins
 from local_shim.checks import Check, run_checks
@@ -176,6 +176,14 @@ def cmd_token(args: argparse.Namespace, out: Output) -> int:
             return (await provider.get()).value
 
     out.line(asyncio.run(fresh()))
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace, out: Output) -> int:
+    """The person's own spend and budgets, from the gateway, with the figures Claude Code shows."""
+    found = asyncio.run(usage.fetch_usage(_settings(args)))
+    for line in usage.table(found):
+        out.line(line)
     return 0
 
 
@@ -357,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "token", parents=[credentials], help="print a fresh Google ID token (Claude Code's apiKeyHelper)"
     ).set_defaults(handler=cmd_token)
+    commands.add_parser(
+        "usage", parents=[credentials], help="your spend and what is left of your budgets, from the gateway"
+    ).set_defaults(handler=cmd_usage)
     settings_parser = commands.add_parser(
         "claude-settings", parents=[port], help="write Claude Code's settings: gateway sign-in via the shim, or helper"
     )

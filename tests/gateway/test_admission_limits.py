@@ -78,7 +78,8 @@ def test_duplicate_model_keys_cannot_pass_the_allow_list_in_either_order(capped:
     refused = request(capped, opus_last)
     served = request(capped, haiku_last)
 
-    assert refused.status_code == 400  # a denied model, as the gateway protocol asks
+    assert refused.status_code == 400  # a denied model: invalid_request_error, as the gateway protocol asks
+    assert error_of(refused)["type"] == "invalid_request_error"
     assert served.status_code == 200
     # What was checked is what was relayed: the upstream sees one model, the one the allow-list passed.
     [seen] = capped.upstream.requests
