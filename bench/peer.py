@@ -174,13 +174,20 @@ def start_column(bench: Bench, name: str) -> tuple[int, list[Proc], dict[str, st
     returns the port, what to measure (the gateway and its PostgreSQL backends) and the client's headers."""
     assert bench.peer_tools is not None
     binary, oidc_command = bench.peer_tools
-    if bench.oidc is None:
-        bench.oidc = start_oidc(bench, oidc_command)
     database = create_database()
     bench.databases.append(database)
-    proc, port, headers = start_peer(bench, name, binary, bench.oidc[1], database)
-    method, path, body, _ = bench.ready_request()
-    procs.wait_ready(proc, port, (method, path, body, {**headers, "content-type": "application/json"}))
+    started = len(bench.started)
+    try:
+        if bench.oidc is None:
+            bench.oidc = start_oidc(bench, oidc_command)
+            started += 1  # the mock stays for the next column
+        proc, port, headers = start_peer(bench, name, binary, bench.oidc[1], database)
+        method, path, body, _ = bench.ready_request()
+        procs.wait_ready(proc, port, (method, path, body, {**headers, "content-type": "application/json"}))
+    except RuntimeError as exc:
+        for proc in bench.started[started:]:
+            bench.stop(proc)
+        raise PeerUnavailable(str(exc)) from None
     return port, [proc, PgBackends(database)], headers  # type: ignore[list-item]
 
 
@@ -188,7 +195,7 @@ def start_oidc(bench: Bench, command: Path) -> tuple[Proc, int]:
     port = procs.free_port()
     proc = bench.start("oidc", [str(command), "--host", "127.0.0.1", "--port", str(port)], cpu=bench.side_cpu,
                        env=bench.env(PYTHONWARNINGS="ignore"))
-    _wait_http(proc, f"http://127.0.0.1:{port}/.well-known/openid-configuration")
+    _wait_http(proc, f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=60)
     return proc, port
 
 

@@ -315,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
             path_began = time.monotonic()
             if name in ("gateway", "shim+gateway") and gateway is None:
                 gateway = start_gateway(bench)
-            port, servers, path_headers = start_path(bench, name, gateway)
+            try:
+                port, servers, path_headers = start_path(bench, name, gateway)
+            except peer.PeerUnavailable as exc:
+                reason = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                say(f"  {name:<12} skipped: Anthropic's gateway did not start: {reason[:400]}")
+                continue
             results["paths"][name] = measure(bench, name, port, servers, path_headers)
             results["paths"][name]["seconds"] = time.monotonic() - path_began
             results["paths"][name]["shape"] = "per-event" if per_event else "whole"
