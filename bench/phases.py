@@ -31,10 +31,12 @@ def run_load(
     servers: list[Proc],
     on_progress: Callable[[int], None] | None = None,
     limit: float = 600.0,
+    headers: dict[str, str] | None = None,
+    body_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run the load generator once; CPU of every process is read at its MEASURE_START and MEASURE_END lines."""
-    argv = [sys.executable, "-m", "bench.load", "--port", str(port), "--body-file", str(bench.body_file),
-            "--headers", json.dumps(bench.headers), *mode]
+    argv = [sys.executable, "-m", "bench.load", "--port", str(port), "--body-file", str(body_file or bench.body_file),
+            "--headers", json.dumps(headers or bench.headers), *mode]
     if bench.side_cpu is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", bench.side_cpu, *argv]
     if bench.nice:
@@ -85,23 +87,38 @@ def run_load(
     return result
 
 
-def measure(bench: Bench, name: str, port: int, servers: list[Proc]) -> dict[str, Any]:
+def measure(
+    bench: Bench, name: str, port: int, servers: list[Proc], headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Every phase on one path; then, when the run has both reply shapes, c=1 and c=50 with per-event replies."""
     plan, args = bench.plan, bench.args
-    run_load(bench, port, ["--mode", "count", "--concurrency", "10", "--requests", str(plan.warm_requests)], servers)
+
+    def load(mode: list[str], body_file: Path | None = None) -> dict[str, Any]:
+        return run_load(bench, port, mode, servers, headers=headers, body_file=body_file)
+
+    load(["--mode", "count", "--concurrency", "10", "--requests", str(plan.warm_requests)])
     result: dict[str, Any] = {}
-    result["c1"] = run_load(bench, port, ["--mode", "closed", "--concurrency", "1", "--warmup", "0.2",
-                                          "--duration", str(plan.c1)], servers)
+    result["c1"] = load(["--mode", "closed", "--concurrency", "1", "--warmup", "0.2", "--duration", str(plan.c1)])
     for key, concurrency in (("c50", 50), ("c200", 200)):
-        result[key] = run_load(bench, port, ["--mode", "closed", "--concurrency", str(concurrency), "--warmup",
-                                             str(plan.closed_warmup), "--duration", str(plan.closed)], servers)
-    result["open"] = run_load(bench, port, ["--mode", "open", "--rate", str(args.open_rate), "--warmup",
-                                            str(plan.open_warmup), "--duration", str(plan.open_duration),
-                                            "--drain", str(max(1.0, plan.open_duration / 3))], servers)
+        result[key] = load(["--mode", "closed", "--concurrency", str(concurrency), "--warmup",
+                            str(plan.closed_warmup), "--duration", str(plan.closed)])
+    result["open"] = load(["--mode", "open", "--rate", str(args.open_rate), "--warmup", str(plan.open_warmup),
+                           "--duration", str(plan.open_duration), "--drain", str(max(1.0, plan.open_duration / 3))])
     result["peak_rss_kb"] = sum(proc.peak_rss_kb() for proc in servers) or None
     c1, c50 = result["c1"], result["c50"]
     say(f"  {name:<12} c=1 total p50 {c1['total'].get('p50', 0):.3f} ms p99 {c1['total'].get('p99', 0):.3f} ms"
         f" | c=50 {c50['rps']:,.0f} req/s | c=200 {result['c200']['rps']:,.0f} req/s"
         f" | open p99 {result['open']['total'].get('p99', 0):.3f} ms")
+    if bench.per_event_body is not None:
+        body = bench.per_event_body
+        events: dict[str, Any] = {}
+        events["c1"] = load(["--mode", "closed", "--concurrency", "1", "--warmup", "0.2", "--duration",
+                             str(plan.c1)], body)
+        events["c50"] = load(["--mode", "closed", "--concurrency", "50", "--warmup", str(plan.closed_warmup),
+                              "--duration", str(plan.closed)], body)
+        result["per_event"] = events
+        say(f"  {'':<12} per event: c=1 total p50 {events['c1']['total'].get('p50', 0):.3f} ms"
+            f" | c=50 {events['c50']['rps']:,.0f} req/s")
     return result
 
 

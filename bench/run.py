@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import micro, procs, report
+from bench import micro, peer, procs, report
 from bench.phases import measure, profile, say, soak
 from bench.procs import Proc
+from bench.upstream import PER_EVENT_MARKER
 
-ALL_PATHS = ["direct", "nginx", "relay", "relay+meter", "lean", "gateway", "shim+gateway"]
+# peer, peer+spend: Anthropic's own gateway (`claude gateway`), without and with its spend tracking (peer.py).
+ALL_PATHS = ["direct", "nginx", "relay", "relay+meter", "lean", "gateway", "shim+gateway", *peer.PATHS]
 # Measured only when named in --paths: the bare relay on httpx2 (pydantic's fork, linear-time pool).
 EXTRA_PATHS = ["relay-httpx2"]
 AUDIENCE = "/projects/123456789/locations/us-central1/services/claude-gateway"
@@ -66,6 +68,12 @@ class Bench:
     upstream: Proc | None = None
     upstream_port: int = 0
     started: list[Proc] = field(default_factory=list)
+    # The same request asking for its reply one SSE event per write; None when the run has one shape only.
+    per_event_body: Path | None = None
+    # Anthropic's gateway: (binary, OIDC mock command) once found, the mock once started, databases to drop.
+    peer_tools: tuple[Path, Path] | None = None
+    oidc: tuple[Proc, int] | None = None
+    databases: list[str] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
         """The caller's environment without anything that could change the gateway's or shim's settings."""
@@ -127,8 +135,18 @@ def start_gateway(bench: Bench) -> tuple[Proc, int]:
     return proc, port
 
 
-def start_path(bench: Bench, name: str, gateway: tuple[Proc, int] | None) -> tuple[int, list[Proc]]:
-    """Start what a path needs; returns the port the load goes to and the processes whose cost is counted."""
+def start_path(
+    bench: Bench, name: str, gateway: tuple[Proc, int] | None
+) -> tuple[int, list[Proc], dict[str, str] | None]:
+    """Start what a path needs; returns the port the load goes to, the processes whose cost is counted and the
+    path's own request headers (None: the bench's)."""
+    if name in peer.PATHS:
+        return peer.start_column(bench, name)
+    port, servers = _start_ours(bench, name, gateway)
+    return port, servers, None
+
+
+def _start_ours(bench: Bench, name: str, gateway: tuple[Proc, int] | None) -> tuple[int, list[Proc]]:
     upstream = f"http://127.0.0.1:{bench.upstream_port}"
     if name == "direct":
         return bench.upstream_port, []
@@ -193,7 +211,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile-concurrency", type=int, default=50, help="closed-loop concurrency while profiling")
     parser.add_argument("--deltas", type=int, default=50, help="text deltas in each streamed reply")
     parser.add_argument("--per-event", action="store_true",
-                        help="the upstream writes each SSE event separately, as a real stream arrives")
+                        help="every phase with replies written one SSE event per write (default: the phases with "
+                        "whole replies, then c=1 and c=50 again with per-event replies)")
+    parser.add_argument("--whole-only", action="store_true", help="skip the per-event phases (the old default)")
     parser.add_argument("--delay-ms", type=float, default=0.0,
                         help="upstream pause between deltas (implies --per-event; 1 ms timer resolution)")
     parser.add_argument("--body-bytes", type=int, default=2000, help="approximate request body size")
@@ -216,10 +236,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def request_body(size: int) -> bytes:
-    """A streamed Messages request of about `size` bytes."""
+def request_body(size: int, *, per_event: bool = False) -> bytes:
+    """A streamed Messages request of about `size` bytes (asking the fake upstream for a per-event reply)."""
+    system = "You are Claude Code." + (f" ({PER_EVENT_MARKER.decode()})" if per_event else "")
     base = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 4096, "stream": True,
-            "metadata": {"user_id": "bench"}, "system": "You are Claude Code.",
+            "metadata": {"user_id": "bench"}, "system": system,
             "messages": [{"role": "user", "content": ""}]}
     filler = max(0, size - len(json.dumps(base)))
     base["messages"][0]["content"] = ("Please refactor the relay. " * (filler // 27 + 1))[:filler]
@@ -238,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     if "nginx" in args.paths and procs.nginx_binary() is None:
         say(f"nginx is not installed: the nginx column is skipped. To include it: {NGINX_HINT}")
         args.paths.remove("nginx")
+    peer_tools = None
+    if any(name in peer.PATHS for name in args.paths):
+        try:
+            peer_tools = peer.prepare()
+        except peer.PeerUnavailable as exc:
+            say(f"Anthropic's gateway columns are skipped: {exc}")
+            args.paths = [name for name in args.paths if name not in peer.PATHS]
     cpus = os.cpu_count() or 1
     pin = not args.no_pin and cpus >= 2 and shutil.which("taskset") is not None
     # Two cores: the system under test gets CPU 1 to itself; the client, the fake upstream and the shim share 0.
@@ -259,13 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         "x-claude-code-session-id": str(uuid.uuid4()),
         "x-goog-iap-jwt-assertion": assertion,
     }
-    bench = Bench(args, plan, run_dir, body_file, headers, sut_cpu, side_cpu, nice=args.nice)
+    bench = Bench(args, plan, run_dir, body_file, headers, sut_cpu, side_cpu, nice=args.nice, peer_tools=peer_tools)
+    per_event = args.per_event or args.delay_ms > 0
+    if not per_event and not args.whole_only:
+        bench.per_event_body = run_dir / "body-per-event.json"
+        bench.per_event_body.write_bytes(request_body(args.body_bytes, per_event=True))
     info = machine()
     say(f"claude-sso-gateway benchmark ({'quick' if args.quick else 'full'}): {info['nproc']} CPUs, "
         f"{info['cpu_model']}, Python {info['python']}")
     placement = f"system under test on CPU {sut_cpu}, client + upstream + shim on CPU {side_cpu}" if pin else "off"
     say(f"  pinning: {placement}; nice {args.nice}")
-    shape = "one write" if not (args.per_event or args.delay_ms) else f"one write per event, {args.delay_ms} ms apart"
+    shape = "one write" if not per_event else f"one write per event, {args.delay_ms} ms apart"
+    if bench.per_event_body:
+        shape += "; then c=1 and c=50 with one write per event"
     say(f"  reply: {args.deltas} deltas, {shape}; request body {body_file.stat().st_size} bytes; "
         f"gateway access log {args.access_log}; run dir {run_dir}")
     results: dict[str, Any] = {"machine": info, "options": {k: str(v) for k, v in vars(args).items()},
@@ -273,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     results["meter"] = micro.meter_cost(args.deltas, seconds=0.4 if args.quick else 2.0)
     # The cost that matches how this run's replies arrive.
-    per_event = args.per_event or args.delay_ms > 0
     results["meter"]["bench_us"] = results["meter"]["per_event_us" if per_event else "one_chunk_us"]
     gateway: tuple[Proc, int] | None = None
     try:
@@ -282,12 +315,21 @@ def main(argv: list[str] | None = None) -> int:
             path_began = time.monotonic()
             if name in ("gateway", "shim+gateway") and gateway is None:
                 gateway = start_gateway(bench)
-            port, servers = start_path(bench, name, gateway)
-            results["paths"][name] = measure(bench, name, port, servers)
+            try:
+                port, servers, path_headers = start_path(bench, name, gateway)
+            except peer.PeerUnavailable as exc:
+                reason = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+                say(f"  {name:<12} skipped: Anthropic's gateway did not start: {reason[:400]}")
+                continue
+            results["paths"][name] = measure(bench, name, port, servers, path_headers)
             results["paths"][name]["seconds"] = time.monotonic() - path_began
+            results["paths"][name]["shape"] = "per-event" if per_event else "whole"
             for proc in servers:
-                if gateway is None or proc is not gateway[0]:
+                if isinstance(proc, Proc) and (gateway is None or proc is not gateway[0]):
                     bench.stop(proc)
+            for database in bench.databases:
+                peer.drop_database(database)
+            bench.databases.clear()
         if soak_requests > 0 or args.profile > 0:
             if gateway is None:
                 gateway = start_gateway(bench)
@@ -304,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for proc in reversed(list(bench.started)):
             proc.stop()
+        for database in bench.databases:
+            peer.drop_database(database)
         if not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
     results["elapsed_s"] = time.monotonic() - began
@@ -327,6 +371,14 @@ def print_results(results: dict[str, Any]) -> None:
     say("Direct column: absolute times; other columns: added over direct (same percentile). CPU and RSS: the")
     say("relay's own processes (nginx master+worker; shim+gw = gateway + shim). Other processes: CPU used on this")
     say("machine by processes that are not the benchmark's, and hypervisor steal, during the c=50 phase.")
+    if any(name in paths for name in peer.PATHS):
+        say("anthropic / anth+spend: Anthropic's gateway (`claude gateway`) without / with spend limits; its CPU")
+        say("includes its PostgreSQL backends' (spend rows are written per request).")
+    events = report.per_event_paths(paths)
+    if events:
+        say()
+        say("The same request with the reply written one SSE event per write (53 events), c=1 and c=50:")
+        say(report.render_table(events))
     if results["soak"]:
         say()
         say(report.render_soak(results["soak"]))

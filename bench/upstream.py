@@ -34,6 +34,9 @@ _SSE_HEAD = (
     b"transfer-encoding: chunked\r\n"
     b"\r\n"
 )
+# A request whose body holds this gets its reply one event per write, whatever `--per-event` says: the bench
+# sends both shapes through the same relays (the body is the one thing every relay passes on unchanged).
+PER_EVENT_MARKER = b"bench-reply-per-event"
 _WORDS = "The quick brown fox jumps over the lazy dog while the gateway relays every byte unchanged".split()
 
 
@@ -138,9 +141,10 @@ class Upstream(asyncio.Protocol):
             total = end + 4 + length
             if len(self.buf) < total:
                 return
+            per_event = self.reply.paced or PER_EVENT_MARKER in self.buf[end + 4 : total]
             self.buf = self.buf[total:]
             if head.startswith(b"POST "):
-                if not self.reply.paced:
+                if not per_event:
                     self.transport.write(self.reply.whole)
                 elif not self.reply.delay:
                     self.transport.write(self.reply.first)
