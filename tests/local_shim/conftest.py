@@ -9,7 +9,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -378,13 +378,13 @@ class LocalStack:
         return wait_for_rows(self.audit_db, count, timeout)
 
 
-@pytest.fixture
-def local_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> Iterator[LocalStack]:
-    signer = AssertionSigner()
-    identified: list[str] = []
+def id_token_identity(
+    google_key: GoogleKey, identified: list[str]
+) -> Callable[[Headers], Awaitable[Identity | None]]:
+    """The local IAP stand-in's `identify` for programmatic access: a Google ID token for the allowlisted desktop
+    client (whose email is noted in `identified`), or nobody."""
 
     async def identify(headers: Headers) -> Identity | None:
-        # IAP's programmatic access: a Google ID token for the allowlisted desktop client, or nothing.
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return None
@@ -394,6 +394,15 @@ def local_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> It
             return None
         identified.append(claims["email"])
         return Identity(email=claims["email"], subject=f"accounts.google.com:{claims['sub']}")
+
+    return identify
+
+
+@pytest.fixture
+def local_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> Iterator[LocalStack]:
+    signer = AssertionSigner()
+    identified: list[str] = []
+    identify = id_token_identity(google_key, identified)
 
     async def public_keys(request: Any) -> JSONResponse:
         return JSONResponse(signer.public_key_map())

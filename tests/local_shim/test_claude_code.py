@@ -153,6 +153,19 @@ class Terminal:
         self._tmux("kill-server")
 
 
+def claude_home_for_gateway_sign_in(tmp_path: Path, shim_env: dict[str, str]) -> tuple[Path, Path]:
+    """A HOME past Claude Code's first-run screens whose settings `claude-shim claude-settings gateway` wrote, and
+    an empty working folder."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True, "theme": "dark"}))
+    written = subprocess.run(
+        [str(SHIM), "claude-settings", "gateway"], env={**shim_env, "HOME": str(home)}, capture_output=True, text=True
+    )
+    assert written.returncode == 0, written.stderr
+    return home, work
+
+
 def play_the_browser(opened: Path, timeout: float = 60) -> str:
     """What the person does: read the page Claude Code opened, check it names them, approve. Returns the page."""
     deadline = time.monotonic() + timeout
@@ -179,13 +192,7 @@ def test_claude_code_signs_in_to_the_shim_streams_a_reply_and_a_revoked_sign_in_
         pytest.skip("tmux is not installed: the interactive sign-in cannot be driven")
     binary = claude_code.install()
     shim_url, shim_env = shim_process
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir(), work.mkdir()
-    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True, "theme": "dark"}))
-    written = subprocess.run(
-        [str(SHIM), "claude-settings", "gateway"], env={**shim_env, "HOME": str(home)}, capture_output=True, text=True
-    )
-    assert written.returncode == 0, written.stderr
+    home, work = claude_home_for_gateway_sign_in(tmp_path, shim_env)
     opened = tmp_path / "opened-urls"
     browser = tmp_path / "browser.sh"
     browser.write_text(f'#!/bin/sh\necho "$1" >> {shlex.quote(str(opened))}\n')

@@ -5,7 +5,6 @@ effect), shows the 75 % budget notice in its terminal, then the gateway's billin
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import signal
@@ -21,15 +20,22 @@ import httpx
 import orjson
 import pytest
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.app import create_app as create_gateway
 from gateway.config import Settings as GatewaySettings
-from gateway.dev.iap import AssertionSigner, Identity, LocalIAP
-from tests.local_shim.conftest import CLIENT_ID, IAP_AUDIENCE, FakeGoogle, GoogleKey, LocalStack
-from tests.local_shim.test_claude_code import SHIM, Terminal, claude_env, free_port, play_the_browser, shim_config
+from gateway.dev.iap import AssertionSigner, LocalIAP
+from tests.local_shim.conftest import IAP_AUDIENCE, FakeGoogle, GoogleKey, LocalStack, id_token_identity
+from tests.local_shim.test_claude_code import (
+    SHIM,
+    Terminal,
+    claude_env,
+    claude_home_for_gateway_sign_in,
+    free_port,
+    play_the_browser,
+    shim_config,
+)
 from tests.support import claude_code
 from tests.support.anthropic_sse import SSE_HEADERS, event
 from tests.support.servers import FakeUpstream, Reply, Seen, serve
@@ -132,17 +138,7 @@ def budget_stack(google: FakeGoogle, google_key: GoogleKey, tmp_path: Path) -> I
     Google ID tokens), in front of the fake Anthropic API."""
     signer = AssertionSigner()
     identified: list[str] = []
-
-    async def identify(headers: Headers) -> Identity | None:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        try:
-            claims = google_key.verify(token, audience=CLIENT_ID)
-        except ValueError:
-            return None
-        identified.append(claims["email"])
-        return Identity(email=claims["email"], subject=f"accounts.google.com:{claims['sub']}")
+    identify = id_token_identity(google_key, identified)
 
     async def public_keys(request: Any) -> JSONResponse:
         return JSONResponse(signer.public_key_map())
@@ -260,13 +256,7 @@ def test_signed_in_claude_code_takes_group_settings_shows_the_budget_notice_and_
         pytest.skip("tmux is not installed: the interactive session cannot be driven")
     binary = claude_code.install()
     shim_url, shim_env = shim
-    home, work = tmp_path / "home", tmp_path / "work"
-    home.mkdir(), work.mkdir()
-    (home / ".claude.json").write_text(json.dumps({"hasCompletedOnboarding": True, "theme": "dark"}))
-    written = subprocess.run(
-        [str(SHIM), "claude-settings", "gateway"], env={**shim_env, "HOME": str(home)}, capture_output=True, text=True
-    )
-    assert written.returncode == 0, written.stderr
+    home, work = claude_home_for_gateway_sign_in(tmp_path, shim_env)
     sign_in_with_login(binary, shim_url, home, work, tmp_path)
     upstream = budget_stack.upstream
     notice = re.compile(r"You've used (\d+)% of your usage credits · resets")
