@@ -132,6 +132,23 @@ def groups_of(line: Line) -> tuple[str, ...]:
     return line.groups or (NO_GROUP,)
 
 
+# What both queries total per day, person, groups, model, outcome, price source and rule, over one row per request
+# (`audit`); each dialect writes its own day and groups columns before this.
+_TOTALS = """
+           COALESCE(served_model, requested_model, '(none)') AS model,
+           outcome,
+           COALESCE(price_source, '') AS price_source,
+           COALESCE(policy_rule, '') AS policy_rule,
+           COUNT(*) AS requests,
+           COALESCE(SUM(input_tokens), 0) AS input_tokens,
+           COALESCE(SUM(output_tokens), 0) AS output_tokens,
+           COALESCE(SUM(cache_creation_input_tokens), 0) AS cache_creation_input_tokens,
+           COALESCE(SUM(cache_read_input_tokens), 0) AS cache_read_input_tokens,
+           COALESCE(SUM(cost_usd), 0) AS cost_usd
+    FROM audit
+    GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+
 # --- SQLite ---------------------------------------------------------------------------------------------------------
 
 # One row per request (the first written), final rows only: as the views, whatever the file holds.
@@ -146,19 +163,7 @@ _SQLITE = f"""
     SELECT substr(timestamp, 1, 10) AS day,
            COALESCE(user_email, '{UNAUTHENTICATED}') AS user,
            COALESCE(groups, '[]') AS groups,
-           COALESCE(served_model, requested_model, '(none)') AS model,
-           outcome,
-           COALESCE(price_source, '') AS price_source,
-           COALESCE(policy_rule, '') AS policy_rule,
-           COUNT(*) AS requests,
-           COALESCE(SUM(input_tokens), 0) AS input_tokens,
-           COALESCE(SUM(output_tokens), 0) AS output_tokens,
-           COALESCE(SUM(cache_creation_input_tokens), 0) AS cache_creation_input_tokens,
-           COALESCE(SUM(cache_read_input_tokens), 0) AS cache_read_input_tokens,
-           COALESCE(SUM(cost_usd), 0) AS cost_usd
-    FROM audit
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
-"""
+""" + _TOTALS
 
 
 def from_sqlite(path: str, period: Period) -> list[Line]:
@@ -194,19 +199,7 @@ _BIGQUERY = """
     SELECT CAST(DATE(timestamp) AS STRING) AS day,
            COALESCE(user_email, '{unauthenticated}') AS user,
            ARRAY_TO_STRING(`groups`, ',') AS `groups`,
-           COALESCE(served_model, requested_model, '(none)') AS model,
-           outcome,
-           COALESCE(price_source, '') AS price_source,
-           COALESCE(policy_rule, '') AS policy_rule,
-           COUNT(*) AS requests,
-           COALESCE(SUM(input_tokens), 0) AS input_tokens,
-           COALESCE(SUM(output_tokens), 0) AS output_tokens,
-           COALESCE(SUM(cache_creation_input_tokens), 0) AS cache_creation_input_tokens,
-           COALESCE(SUM(cache_read_input_tokens), 0) AS cache_read_input_tokens,
-           COALESCE(SUM(cost_usd), 0) AS cost_usd
-    FROM audit
-    GROUP BY 1, 2, 3, 4, 5, 6, 7
-"""
+""" + _TOTALS
 
 
 def from_bigquery(

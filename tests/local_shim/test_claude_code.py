@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,15 @@ def shim_process(local_stack: LocalStack, tmp_path: Path) -> Iterator[tuple[str,
         revocation_endpoint=f"{local_stack.google_url}/revoke",
         sign_in_poll_seconds="1",
     )
-    log = (tmp_path / "shim.log").open("w")
+    with running_shim(env, port, tmp_path / "shim.log") as url:
+        yield url, env
+
+
+@contextmanager
+def running_shim(env: dict[str, str], port: int, log_path: Path) -> Iterator[str]:
+    """`claude-shim serve` with `env` as a real process, once it answers Claude Code's sign-in discovery; its URL.
+    Stopped with SIGTERM at the end."""
+    log = log_path.open("w")
     process = subprocess.Popen([str(SHIM), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -96,9 +105,9 @@ def shim_process(local_stack: LocalStack, tmp_path: Path) -> Iterator[tuple[str,
                     break
             except httpx.HTTPError:
                 pass
-            assert process.poll() is None, (tmp_path / "shim.log").read_text()
+            assert process.poll() is None, log_path.read_text()
             time.sleep(0.05)
-        yield url, env
+        yield url
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import subprocess
 import textwrap
 import time
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from starlette.applications import Starlette
@@ -34,6 +32,7 @@ from tests.local_shim.test_claude_code import (
     claude_home_for_gateway_sign_in,
     free_port,
     play_the_browser,
+    running_shim,
     shim_config,
 )
 from tests.support import claude_code
@@ -172,23 +171,8 @@ def shim(budget_stack: BudgetStack, tmp_path: Path) -> Iterator[tuple[str, dict[
     """`claude-shim serve` as a real process, signed in to Google as ada."""
     port = free_port()
     env = shim_config(budget_stack.local, tmp_path / "shim-config", ADA, port=str(port), sign_in_poll_seconds="1")
-    log = (tmp_path / "shim.log").open("w")
-    process = subprocess.Popen([str(SHIM), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/.well-known/oauth-authorization-server", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "shim.log").read_text()
-            time.sleep(0.05)
+    with running_shim(env, port, tmp_path / "shim.log") as url:
         yield url, env
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
-        log.close()
 
 
 def sign_in_with_login(binary: Path, shim_url: str, home: Path, work: Path, tmp_path: Path) -> None:
