@@ -83,7 +83,13 @@ def test_claude_code_telemetry_lands_in_the_telemetry_table_with_the_verified_em
         while time.monotonic() < deadline and not wanted <= {row["name"] for row in rows}:
             time.sleep(0.2)
             rows = telemetry_rows(stack.audit_db)
+        exports = {row["request_id"] for row in rows}
+        # An export's audit row is queued when its response ends, which can be after its telemetry rows landed.
         audit = stack.rows(1)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not exports <= {row["request_id"] for row in audit}:
+            time.sleep(0.2)
+            audit = stack.rows(1)
 
     assert rows, f"no telemetry arrived; audit paths: {sorted({r['path'] for r in audit})}"
     assert {row["user_email"] for row in rows} == {ADA}
@@ -92,8 +98,8 @@ def test_claude_code_telemetry_lands_in_the_telemetry_table_with_the_verified_em
     cost = [row for row in rows if row["name"] == "claude_code.cost.usage"]
     assert cost and all(row["unit"] == "USD" and row["value"] > 0 for row in cost)
     assert {row["session_id"] for row in rows if row["session_id"]} == {session}
-    exports = {row["request_id"] for row in rows}
     by_id = {row["request_id"]: row for row in audit}
+    assert exports <= by_id.keys(), "every telemetry export has its own audit row"
     assert all(by_id[request_id]["path"] in ("/v1/metrics", "/v1/logs") for request_id in exports)
     assert all(json.loads(row["attributes"]) is not None for row in rows)
 
