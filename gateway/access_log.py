@@ -9,8 +9,9 @@ import logging
 from typing import Any
 
 from gateway.audit.record import AuditRecord
+from gateway.logs import ACCESS_LOGGER
 
-access_logger = logging.getLogger("gateway.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 NO_GROUP = "(no group)"  # as the daily_usage_by_group view names requests without a matched group
 
 

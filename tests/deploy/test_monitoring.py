@@ -1,7 +1,8 @@
 """terraform/monitoring.tf: the log-based metrics match the lines the gateway really writes, the alerts go to the
 channels named, the dashboard charts metrics that exist, and the unusual-tokens alert keeps the view's rule.
 
-Log lines come from the real `StructuredLogHandler` (gateway/logs.py) fed by the gateway's own loggers; they are
+Log lines come from the handlers production installs (`configure_logging` in gateway/logs.py: the access log's own
+JSON handler and Cloud Logging's `StructuredLogHandler`), fed by the gateway's own loggers; they are
 turned into the LogEntry Cloud Run's agent makes of them, and the planned filters are evaluated on that entry by a
 small evaluator of the part of Cloud Logging's query language monitoring.tf uses (it refuses anything else, so a
 filter cannot drift outside what is tested here).
@@ -18,10 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from google.cloud.logging.handlers import StructuredLogHandler
 
 from gateway.access_log import log_access
 from gateway.audit.record import AuditRecord
+from gateway.logs import ACCESS_LOGGER, configure_logging
 from tests.deploy.conftest import REQUIRED_VARIABLES
 from tests.deploy.offline_plan import VIEWS, Plan, Planner
 
@@ -35,18 +36,12 @@ RESOURCE = {"type": "cloud_run_revision", "labels": {"service_name": SERVICE, "r
 def structured_lines() -> Iterator[io.StringIO]:
     """Everything the gateway's loggers write, as JSON lines on a stream, as in production (configure_logging)."""
     stream = io.StringIO()
-    handler = StructuredLogHandler(stream=stream)  # type: ignore[no-untyped-call]
-    loggers = [logging.getLogger(name) for name in ("gateway.access", "gateway.audit", "gateway.budget")]
-    saved = [(logger.level, logger.propagate) for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = (list(root.handlers), root.level, list(access.handlers), access.propagate)
+    configure_logging("INFO", structured=True, stream=stream)
     yield stream
-    for logger, (level, propagate) in zip(loggers, saved, strict=True):
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
+    root.handlers[:], root.level, access.handlers[:], access.propagate = saved
 
 
 def entries(stream: io.StringIO) -> list[dict[str, Any]]:
