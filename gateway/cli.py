@@ -212,7 +212,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 async def _demo(base: str, audit_db: str, real_upstream: str | None) -> None:
     """One streamed request through the whole stack, printed as it arrives, then its audit row."""
-    from gateway.audit import query
+    from gateway.admin import query
     from gateway.reports.command import dev_report
 
     model = "claude-haiku-5-5"
@@ -256,7 +256,7 @@ def _format_row(row: dict[str, Any], indent: str = "") -> str:
 
 
 def _audit_db(args: argparse.Namespace) -> str:
-    from gateway.audit import query
+    from gateway.admin import query
 
     sink = f"sqlite:///{args.db}" if args.db else load_settings(dev_mode=True).audit_sink
     try:
@@ -266,7 +266,7 @@ def _audit_db(args: argparse.Namespace) -> str:
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    from gateway.audit import query
+    from gateway.admin import query
 
     rows = query.tail(_audit_db(args), args.n)
     if args.json:
@@ -289,7 +289,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_summary(args: argparse.Namespace) -> int:
-    from gateway.audit import query
+    from gateway.admin import query
 
     try:
         rows = query.summary(_audit_db(args), args.by, args.since)
@@ -311,8 +311,8 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from gateway.admin.replay import distinct_rows, replay
     from gateway.audit.content_schema import CONTENT_TABLE
-    from gateway.audit.replay import distinct_rows, replay
     from gateway.audit.sinks import SinkConfigError, open_sink
     from gateway.audit.spill import load_rows
 
@@ -348,7 +348,7 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
 def cmd_audit_export(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from gateway.audit import export
+    from gateway.admin import export
     from gateway.audit.bigquery import TableRef
     from gateway.audit.content_schema import default_content_sink
     from gateway.audit.sinks import SinkConfigError, check_sink_url
@@ -371,7 +371,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     except SinkConfigError as exc:
         raise CLIError(str(exc)) from None
     if sink.startswith("sqlite:///"):
-        from gateway.audit import query
+        from gateway.admin import query
 
         try:
             path = query.sqlite_path(sink)
@@ -427,7 +427,7 @@ def _export_bigquery(settings: Settings, table: Any, email: str, window: Any, co
     import requests
     from google.api_core import exceptions as api
 
-    from gateway.audit import export
+    from gateway.admin import export
     from gateway.audit.bigquery import make_client
     from gateway.audit.sinks import SinkConfigError
 
@@ -470,7 +470,7 @@ def cmd_bq_init(args: argparse.Namespace) -> int:
     import google.auth.exceptions
     import requests
 
-    from gateway.audit import bq_admin
+    from gateway.admin import bq_admin
     from gateway.audit.bigquery import TableRef, make_client
     from gateway.audit.content_schema import default_content_sink
     from gateway.audit.sinks import SinkConfigError
