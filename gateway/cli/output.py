@@ -1,4 +1,4 @@
-"""What the CLI writes to the terminal, and the one-line error it ends with: every word goes through here."""
+"""What the CLI writes to the terminal, escaped, and the one-line error a failed command ends with."""
 
 from __future__ import annotations
 

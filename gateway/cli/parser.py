@@ -14,7 +14,7 @@ from gateway import __version__
 @dataclass(frozen=True, slots=True)
 class Command:
     """A command's function, by module and name: only the chosen command's module is imported, so `policy validate`
-    does not wait for the web server's imports nor `audit tail` for BigQuery's."""
+    and `audit tail` do not wait for the web server's imports, nor `serve` for the report's."""
 
     module: str
     function: str
@@ -25,7 +25,7 @@ class Command:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="claude-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="claude-gateway", description=__doc__)  # this module's docstring
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
