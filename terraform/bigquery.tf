@@ -1,7 +1,7 @@
 locals {
   bigquery_location = coalesce(var.bigquery_location, var.region)
   # The security views' .sql files: the repository's, beside terraform/, unless var.security_views_dir names others.
-  views_dir         = "${path.module}/../gateway/audit/views"
+  views_dir         = "${path.module}/../gateway/admin/views"
   view_sources      = coalesce(var.security_views_dir, local.views_dir)
   partition_days_ms = 24 * 60 * 60 * 1000
 }
@@ -117,7 +117,7 @@ resource "google_bigquery_table_iam_member" "gateway_writes_telemetry" {
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Security views: one view per gateway/audit/views/*.sql, in a dataset of their own that the security team can
+# Security views: one view per gateway/admin/views/*.sql, in a dataset of their own that the security team can
 # read (and nobody else). The views dataset is authorised on the audit dataset (above). A new .sql file becomes a
 # view on the next apply, with no Terraform change.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ resource "google_bigquery_table" "security_views" {
 
   dataset_id          = google_bigquery_dataset.security.dataset_id
   table_id            = trimsuffix(each.value, ".sql")
-  description         = "Generated from gateway/audit/views/${each.value}."
+  description         = "Generated from gateway/admin/views/${each.value}."
   deletion_protection = false
 
   view {

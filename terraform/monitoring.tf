@@ -37,7 +37,7 @@ locals {
     [for channel in google_monitoring_notification_channel.email : channel.id],
   )
 
-  # The rule of gateway/audit/views/unusual_daily_tokens.sql: a day at least 3 times the person's median day over the
+  # The rule of gateway/admin/views/unusual_daily_tokens.sql: a day at least 3 times the person's median day over the
   # 30 days before, at least 100,000 tokens, with at least 5 earlier days of use.
   unusual_tokens = { factor = 3, min_tokens = 100000, min_history_days = 5 }
   daily_tokens   = "sum by (user) (increase(${local.promql.tokens}_sum${local.promql_selector}[1d]))"

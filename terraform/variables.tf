@@ -417,7 +417,7 @@ variable "bigquery_dataset_id" {
 }
 
 variable "security_views_dir" {
-  description = "Folder whose *.sql files become the security views (one view per file). Null: gateway/audit/views of this repository, beside terraform/."
+  description = "Folder whose *.sql files become the security views (one view per file). Null: gateway/admin/views of this repository, beside terraform/."
   type        = string
   default     = null
   nullable    = true

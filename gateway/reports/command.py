@@ -91,7 +91,7 @@ def _read(
     except SinkConfigError as exc:
         raise ReportError(str(exc)) from None
     if sink.startswith("sqlite:///"):
-        from gateway.audit import query
+        from gateway.admin import query
 
         try:
             path = query.sqlite_path(sink)

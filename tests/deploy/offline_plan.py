@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "terraform"
 TOOL = ROOT.parent / "shared" / "tools" / "terraform-offline"
-VIEWS = ROOT / "gateway" / "audit" / "views"
+VIEWS = ROOT / "gateway" / "admin" / "views"
 # Schemas of the resource types terraform/ uses that the tool's schema_google.json (made before they were used)
 # lacks, generated the way its README says from cdktn-provider-google 20.3.1. Types the tool has win.
 EXTRA_SCHEMA = Path(__file__).with_name("provider_schema_extra.json")
@@ -153,7 +153,7 @@ class Planner:
             # plan.sh prints a few lines around each error; as -json lines they carry the validation's message.
             TF_CLI_ARGS_plan="-json",
             TF_IN_AUTOMATION="1",
-            # plan.sh plans a copy of terraform/ alone; the views come from the checkout's gateway/audit/views.
+            # plan.sh plans a copy of terraform/ alone; the views come from the checkout's gateway/admin/views.
             TF_VAR_security_views_dir=str(VIEWS),
         )
         started = time.monotonic()

@@ -225,7 +225,7 @@ def test_audit_columns_used_by_terraform_exist_in_the_schema(terraform: Terrafor
 
 
 def test_views_come_from_the_repository_views_folder_by_default(terraform: Terraform) -> None:
-    assert terraform.locals["views_dir"] == "${path.module}/../gateway/audit/views"
+    assert terraform.locals["views_dir"] == "${path.module}/../gateway/admin/views"
     assert terraform.locals["view_sources"] == "${coalesce(var.security_views_dir, local.views_dir)}"
     views = terraform.resource("google_bigquery_table", "security_views")
     assert views["for_each"] == '${fileset(local.view_sources, "*.sql")}'

@@ -19,8 +19,8 @@ import pytest
 import redis
 import yaml
 
+from gateway.admin.bq_admin import render_view, view_templates
 from gateway.audit.bigquery import TableRef
-from gateway.audit.bq_admin import render_view, view_templates
 from gateway.cli import main
 from gateway.dev.iap import AssertionSigner
 from gateway.policy.counters import day_of

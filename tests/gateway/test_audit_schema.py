@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.admin.bq_admin import PLACEHOLDER, view_templates
 from gateway.audit.bigquery import CLUSTERING_FIELDS, PARTITION_FIELD
-from gateway.audit.bq_admin import PLACEHOLDER, view_templates
 from gateway.audit.record import AuditRecord
 from gateway.audit.schema import COLUMN_NAMES
 from gateway.audit.sqlite import TABLE, create_table_sql
@@ -37,7 +37,7 @@ def test_terraform_lays_out_the_table_as_bq_init_does() -> None:
     assert table["require_partition_filter"] is True
     assert "audit_schema.json" in table["schema"]
     assert f'"{PLACEHOLDER}"' in views["view"][0]["query"] and "*.sql" in views["for_each"]
-    assert terraform.locals["views_dir"].endswith("gateway/audit/views")
+    assert terraform.locals["views_dir"].endswith("gateway/admin/views")
 
 
 def test_the_sqlite_table_and_the_audit_record_have_the_bigquery_columns(tmp_path: Path) -> None:

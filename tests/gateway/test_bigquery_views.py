@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import query
+from gateway.admin import query
+from gateway.admin.bq_admin import view_templates
 from gateway.audit.bigquery import BigQuerySink, TableRef
-from gateway.audit.bq_admin import view_templates
 from gateway.audit.record import AuditRecord
 from gateway.audit.sqlite import SQLiteSink
 from gateway.cli import main
@@ -327,4 +327,4 @@ def test_view_files_keep_the_terraform_placeholder_convention() -> None:
         else:
             assert "{audit_table}" in sql and "QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id" in sql
         assert "WHERE timestamp >=" in sql  # the table requires a partition filter
-    assert Path(__file__).parents[2].joinpath("gateway/audit/views").is_dir()
+    assert Path(__file__).parents[2].joinpath("gateway/admin/views").is_dir()

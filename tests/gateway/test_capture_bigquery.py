@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from gateway.admin.bq_admin import content_table
 from gateway.audit.bigquery import TableRef
-from gateway.audit.bq_admin import content_table
 from gateway.audit.record import rfc3339
 from gateway.audit.sinks import SinkConfigError
 from gateway.audit.writer import AuditWriter

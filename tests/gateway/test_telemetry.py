@@ -25,8 +25,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 
+from gateway.admin.bq_admin import telemetry_ref
 from gateway.audit.bigquery import BigQuerySink
-from gateway.audit.bq_admin import telemetry_ref
 from gateway.audit.telemetry_schema import TELEMETRY_TABLE
 from gateway.cli import main
 from gateway.telemetry import otlp

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from gateway.admin.bq_admin import audit_table
 from gateway.audit.bigquery import TableRef, make_client
-from gateway.audit.bq_admin import audit_table
 
 PROJECT = "audit-test-project"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.audit.sqlite import TABLE
 
-# The same keys and sums as the BigQuery views (gateway/audit/views), so both give the same numbers.
+# The same keys and sums as the BigQuery views (gateway/admin/views), so both give the same numbers.
 SUMMARY_KEYS = {
     "user": "COALESCE(user_email, '(unauthenticated)')",
     "model": "COALESCE(served_model, requested_model, '(none)')",

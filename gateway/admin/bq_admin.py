@@ -38,7 +38,7 @@ class InitError(Exception):
 
 def view_templates() -> dict[str, str]:
     """Each security view's SQL by view name (the file name), with `{audit_table}` still in it."""
-    folder = resources.files("gateway.audit") / "views"
+    folder = resources.files("gateway.admin") / "views"
     files = sorted((entry for entry in folder.iterdir() if entry.name.endswith(".sql")), key=lambda e: e.name)
     return {entry.name.removesuffix(".sql"): entry.read_text(encoding="utf-8") for entry in files}
 
@@ -143,7 +143,7 @@ def init(
     for name, template in view_templates().items():
         view = bigquery.Table(f"{table.project}.{views_dataset}.{name}")
         view.view_query = render_view(template, table)
-        view.description = f"Generated from gateway/audit/views/{name}.sql."
+        view.description = f"Generated from gateway/admin/views/{name}.sql."
         try:
             client.create_table(view, retry=_retry(), timeout=TIMEOUT)
             say(f"view {table.project}.{views_dataset}.{name} created")
