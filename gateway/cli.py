@@ -311,10 +311,10 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
-    from gateway.audit.content_schema import CONTENT_TABLE
     from gateway.audit.replay import distinct_rows, replay
     from gateway.audit.sinks import SinkConfigError, open_sink
     from gateway.audit.spill import load_rows
+    from gateway.capture.schema import CONTENT_TABLE
 
     settings = load_settings(dev_mode=True)
     try:
@@ -350,8 +350,8 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 
     from gateway.audit import export
     from gateway.audit.bigquery import TableRef
-    from gateway.audit.content_schema import default_content_sink
     from gateway.audit.sinks import SinkConfigError, check_sink_url
+    from gateway.capture.schema import default_content_sink
 
     settings = load_settings(dev_mode=True)
     email = args.user.strip().lower()
@@ -459,8 +459,8 @@ def _bigquery_target(sink: str | None) -> tuple[Any, Settings]:
 
 
 def cmd_bq_schema(args: argparse.Namespace) -> int:
-    from gateway.audit.content_schema import content_schema_json
     from gateway.audit.schema import bigquery_schema_json
+    from gateway.capture.schema import content_schema_json
 
     say(json.dumps(content_schema_json() if args.content else bigquery_schema_json(), indent=2))
     return 0
@@ -472,8 +472,8 @@ def cmd_bq_init(args: argparse.Namespace) -> int:
 
     from gateway.audit import bq_admin
     from gateway.audit.bigquery import TableRef, make_client
-    from gateway.audit.content_schema import default_content_sink
     from gateway.audit.sinks import SinkConfigError
+    from gateway.capture.schema import default_content_sink
 
     table, settings = _bigquery_target(args.sink)
     try:

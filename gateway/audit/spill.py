@@ -13,8 +13,8 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.audit.content_schema import CONTENT_COLUMNS
 from gateway.audit.schema import AUDIT_COLUMNS
+from gateway.capture.schema import CONTENT_COLUMNS
 
 logger = logging.getLogger("gateway.audit")
 

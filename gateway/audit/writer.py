@@ -124,7 +124,7 @@ class AuditWriter:
     @classmethod
     def for_content(cls, settings: Settings) -> AuditWriter:
         """The writer of captured prompts and responses: the content table, with the same guarantees."""
-        from gateway.audit.content_schema import CONTENT_TABLE
+        from gateway.capture.schema import CONTENT_TABLE
 
         sink = open_sink(
             settings.content_sink_url,

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 from gateway.audit.sinks import open_sink
 from gateway.audit.spill import default_spill_dir
-from gateway.audit.telemetry_schema import TELEMETRY_TABLE, telemetry_sink_url
 from gateway.audit.writer import AuditWriter
+from gateway.telemetry.schema import TELEMETRY_TABLE, telemetry_sink_url
 
 if TYPE_CHECKING:
     from gateway.config import Settings

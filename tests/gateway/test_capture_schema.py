@@ -6,11 +6,11 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.audit.content_schema import CONTENT_COLUMN_NAMES, CONTENT_TABLE, default_content_sink
 from gateway.audit.sqlite import connect
 from gateway.capture.assemble import ResponseAssembler
 from gateway.capture.redact import Redactor
 from gateway.capture.rows import CaptureJob, content_row
+from gateway.capture.schema import CONTENT_COLUMN_NAMES, CONTENT_TABLE, default_content_sink
 
 
 def test_the_pipeline_builds_rows_with_exactly_the_content_columns() -> None:
