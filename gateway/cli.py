@@ -311,14 +311,15 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_replay(args: argparse.Namespace) -> int:
+    from gateway.audit.kind import AUDIT_ROWS
     from gateway.audit.replay import distinct_rows, replay
     from gateway.audit.sinks import SinkConfigError, open_sink
     from gateway.audit.spill import load_rows
-    from gateway.capture.schema import CONTENT_TABLE
+    from gateway.capture.schema import CONTENT_ROWS, CONTENT_TABLE
 
     settings = load_settings(dev_mode=True)
     try:
-        rows, skipped = load_rows(args.file, "audit_content_fallback" if args.content else "audit_fallback")
+        rows, skipped = load_rows(args.file, CONTENT_ROWS if args.content else AUDIT_ROWS)
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read {args.file}: {exc}") from None
     unique = distinct_rows(rows)

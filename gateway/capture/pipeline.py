@@ -121,11 +121,11 @@ class CapturePipeline:
 
     @classmethod
     def from_settings(cls, settings: Settings, audit: AuditWriter) -> CapturePipeline:
-        from gateway.audit.writer import AuditWriter
+        from gateway.capture.sink import content_writer
 
         return cls(
             audit,
-            AuditWriter.for_content(settings),
+            content_writer(settings),
             load_redactor(settings.redaction_patterns),
             cap_bytes=settings.capture_max_bytes,
             max_pending=settings.capture_max_pending,
