@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.audit.record import AuditRecord
 from gateway.capture.assemble import MAX_JSON_BODY, ResponseAssembler
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.patterns import load_redactor
 from gateway.capture.redact import Redactor
 from gateway.capture.rows import CaptureJob, content_rows
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gateway.capture")
 
-NONE, METADATA, FULL = "none", "metadata+", "full"
 # Only Messages requests are captured: they carry the prompts and produce the responses. `count_tokens` sends the
 # same prompt a moment before its Messages request does, and `/v1/models` sends none.
 CAPTURED_PATH = "/v1/messages"
@@ -47,7 +47,7 @@ class RequestCapture:
 
     __slots__ = ("pipeline", "level", "body", "assembler", "_json")
 
-    def __init__(self, pipeline: CapturePipeline, level: str, body: bytes) -> None:
+    def __init__(self, pipeline: CapturePipeline, level: CaptureLevel, body: bytes) -> None:
         self.pipeline = pipeline
         self.level = level
         self.body = body
@@ -56,7 +56,7 @@ class RequestCapture:
 
     @property
     def wants_response(self) -> bool:
-        return self.level == FULL
+        return self.level == CaptureLevel.FULL
 
     def start(self, event_stream: bool) -> None:
         """The upstream answered: with an SSE stream, or with one JSON body."""
@@ -139,12 +139,12 @@ class CapturePipeline:
         await self._worker.start()
         self._task = asyncio.create_task(self._run(), name="capture-rows")
 
-    def begin(self, level: str, path: str, body: bytes, record: AuditRecord) -> RequestCapture | None:
+    def begin(self, level: CaptureLevel, path: str, body: bytes, record: AuditRecord) -> RequestCapture | None:
         """A capture for this request if its level and path call for one; notes the level applied on the row."""
-        if path != CAPTURED_PATH or level not in (METADATA, FULL):
-            record.capture_level = NONE
+        if path != CAPTURED_PATH or level not in (CaptureLevel.METADATA, CaptureLevel.FULL):
+            record.capture_level = CaptureLevel.NONE.value
             return None
-        record.capture_level = level
+        record.capture_level = level.value
         return RequestCapture(self, level, body)
 
     def finish(self, capture: RequestCapture, record: AuditRecord) -> None:
@@ -183,7 +183,8 @@ class CapturePipeline:
                 self._idle.set()
 
     async def _rows(self, jobs: list[CaptureJob]) -> list[dict[str, Any] | str]:
-        if all(job.level == METADATA for job in jobs) and sum(len(job.body) for job in jobs) <= INLINE_BYTES:
+        facts_only = all(job.level == CaptureLevel.METADATA for job in jobs)
+        if facts_only and sum(len(job.body) for job in jobs) <= INLINE_BYTES:
             return content_rows(jobs, self.redactor, self.cap_bytes)
         try:
             return await asyncio.wait_for(self._worker.rows(jobs, self.cap_bytes), BATCH_TIMEOUT_SECONDS)

@@ -13,12 +13,12 @@ from typing import Any
 
 from gateway.audit.record import rfc3339
 from gateway.capture.assemble import ResponseAssembler, dumps
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.redact import Redactor
 from gateway.capture.summary import capture_request, summarise_request
 
 logger = logging.getLogger("gateway.capture")
 
-FULL = "full"
 MAX_ERROR = 500
 
 
@@ -29,7 +29,7 @@ class CaptureJob:
     request_id: str
     timestamp: datetime
     user_email: str | None
-    level: str
+    level: CaptureLevel
     body: bytes
     assembler: ResponseAssembler | None
     """The response rebuilt so far (`full`, and only when an upstream answered)."""
@@ -52,7 +52,7 @@ def content_row(job: CaptureJob, redactor: Redactor, cap_bytes: int) -> dict[str
         "request_id": job.request_id,
         "timestamp": rfc3339(job.timestamp),
         "user_email": job.user_email,
-        "capture_level": job.level,
+        "capture_level": job.level.value,
         "request": None,
         "response": None,
         "system_sha256": summary["system_sha256"],
@@ -67,7 +67,7 @@ def content_row(job: CaptureJob, redactor: Redactor, cap_bytes: int) -> dict[str
         "capture_error": None,
     }
     counts: dict[str, int] = {}
-    if job.level == FULL:
+    if job.level == CaptureLevel.FULL:
         request = capture_request(job.body, cap_bytes)
         if request["error"] and request["error"] not in errors:
             errors.append(request["error"])

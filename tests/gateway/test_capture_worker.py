@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.rows import CaptureJob
 from gateway.capture.worker import CaptureWorker
 
@@ -20,7 +21,7 @@ RUNAWAY = json.dumps({"runaway": "(a+)+$"})
 
 def job(text: str) -> CaptureJob:
     body = json.dumps({"messages": [{"role": "user", "content": text}]}).encode()
-    return CaptureJob("req-1", datetime.now(UTC), "ada@example.com", "full", body, None)
+    return CaptureJob("req-1", datetime.now(UTC), "ada@example.com", CaptureLevel.FULL, body, None)
 
 
 async def test_the_worker_builds_rows_and_close_ends_its_process() -> None:
