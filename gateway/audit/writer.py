@@ -19,11 +19,11 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from gateway.audit.counters import AuditCounters
-from gateway.audit.delivery import PROBE_SECONDS, Delivery
 from gateway.audit.fallback import Fallback
 from gateway.audit.kind import AUDIT_ROWS, RowKind
 from gateway.audit.queue import RowQueue, to_row
 from gateway.audit.record import AuditRecord
+from gateway.audit.sender import PROBE_SECONDS, BatchSender
 from gateway.audit.sinks import AuditSink, open_sink
 from gateway.audit.spill import Spill, default_spill_dir
 
@@ -62,7 +62,7 @@ class AuditWriter:
         self._shutdown_seconds = shutdown_seconds
         self._spill = Spill(os.path.join(spill_dir or default_spill_dir(), kind.spill_folder))
         self._fallback = Fallback(kind, self._spill, self.counters, sink.name)
-        self._delivery = Delivery(
+        self._sender = BatchSender(
             sink, self._fallback, self.counters, durable_seconds=retry_max_seconds, max_backoff=max_backoff
         )
         self._wakeup = asyncio.Event()
@@ -167,7 +167,7 @@ class AuditWriter:
             self._fallback.fail_over(
                 self._queue.take_all(), f"{self.sink.name} did not take the rows within the shutdown budget"
             )
-        while self._spill.pending_rows and self._delivery.healthy and self._now() < deadline:
+        while self._spill.pending_rows and self._sender.healthy and self._now() < deadline:
             await self._replay_batch(deadline)
         remaining = self._spill.close()
         if remaining:
@@ -193,13 +193,13 @@ class AuditWriter:
             await self._send_queued()
             self._report_now_and_then()
         if self._spill.pending_rows:
-            if self._delivery.healthy:
+            if self._sender.healthy:
                 # Rows queued meanwhile wait for at most one batch: bound it like a probe.
                 await self._replay_batch(self._now() + PROBE_SECONDS)
                 if self._spill.pending_rows:
                     self._wakeup.set()  # carry on with the next batch at once
-            elif self._delivery.probe_due:
-                await self._delivery.probe()
+            elif self._sender.probe_due:
+                await self._sender.probe()
         self._report_now_and_then()
 
     async def _send_queued(self, deadline: float | None = None) -> None:
@@ -210,12 +210,12 @@ class AuditWriter:
             return
         due = oldest + self._durable_seconds
         deadline = due if deadline is None else min(due, deadline)
-        if self._delivery.known_failing:
+        if self._sender.known_failing:
             # The sink is failing: the rows are made durable in the log now, and replayed once it is back.
             self._fallback.fail_over(batch, f"{self.sink.name} unavailable")
             return
         try:
-            await self._delivery.deliver(batch, deadline)
+            await self._sender.deliver(batch, deadline)
         except asyncio.CancelledError:
             # Stopping: the drain in aclose() writes or logs them. A write already under way may still
             # land, which is a duplicate (the same request id), never a loss.
@@ -229,7 +229,7 @@ class AuditWriter:
         batch = self._spill.read_batch(self._batch_size)
         if batch:
             # Cancelled half-way, the batch stays in the file; it is in the audit_fallback log already.
-            await self._delivery.deliver(batch, deadline, replay=True)
+            await self._sender.deliver(batch, deadline, replay=True)
         self._spill.commit()
 
     def _report_now_and_then(self) -> None:

@@ -21,7 +21,7 @@ logger = logging.getLogger("gateway.audit")
 PROBE_SECONDS = 1.0
 
 
-class Delivery:
+class BatchSender:
     """Settles batches of rows: written, rejected (logged), or failed over (logged and spilled); retries with
     backoff and jitter, and halves a batch the sink chokes on to find the row at fault."""
 
