@@ -22,6 +22,7 @@ import orjson
 
 from gateway.capture.assemble import ResponseAssembler
 from gateway.capture.detectors import LibraryDetectors
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.redact import Redactor
 from gateway.capture.rows import CaptureJob, content_row
 from gateway.capture.summary import capture_request
@@ -105,7 +106,9 @@ def main() -> None:
         body = _conversation(code, size)
 
         def row(redactor: Redactor, body: bytes = body) -> object:
-            job = CaptureJob("bench", dt.datetime.now(dt.UTC), "ada@example.com", "full", body, ResponseAssembler())
+            job = CaptureJob(
+                "bench", dt.datetime.now(dt.UTC), "ada@example.com", CaptureLevel.FULL, body, ResponseAssembler()
+            )
             return content_row(job, redactor, MIB)
 
         print(

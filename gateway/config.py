@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     @property
     def content_sink_url(self) -> str:
         """GATEWAY_CONTENT_SINK, or the audit sink's place with the content table."""
-        from gateway.audit.content_schema import default_content_sink
+        from gateway.capture.schema import default_content_sink
 
         return self.content_sink or default_content_sink(self.audit_sink)
 

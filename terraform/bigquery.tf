@@ -93,7 +93,7 @@ resource "google_bigquery_table" "telemetry" {
   table_id    = "telemetry"
   description = "Claude Code's OpenTelemetry through ${var.name}, stamped with the verified sender. Queries must filter on timestamp."
 
-  # Generated from gateway.audit.telemetry_schema.telemetry_schema_json(); a test keeps them equal.
+  # Generated from gateway.telemetry.schema.telemetry_schema_json(); a test keeps them equal.
   schema = file("${path.module}/telemetry_schema.json")
 
   deletion_protection      = true
@@ -239,7 +239,7 @@ resource "google_bigquery_table" "content" {
   table_id    = var.content_table_id
   description = "Captured prompts and responses, one row per captured request; request_id is the audit table's. Queries must filter on timestamp."
 
-  # Generated from gateway.audit.content_schema.content_schema_json(); a test keeps them equal.
+  # Generated from gateway.capture.schema.content_schema_json(); a test keeps them equal.
   schema = file("${path.module}/content_schema.json")
 
   deletion_protection      = true

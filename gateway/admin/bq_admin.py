@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from google.api_core import exceptions as api
 
 from gateway.audit.bigquery import CLUSTERING_FIELDS, PARTITION_FIELD, TableRef
-from gateway.audit.content_schema import CONTENT_CLUSTERING_FIELDS, CONTENT_TABLE
 from gateway.audit.schema import AUDIT_TABLE, Table
-from gateway.audit.telemetry_schema import DEFAULT_TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS, TELEMETRY_TABLE
+from gateway.capture.schema import CONTENT_CLUSTERING_FIELDS, CONTENT_TABLE
+from gateway.telemetry.schema import DEFAULT_TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS, TELEMETRY_TABLE
 
 if TYPE_CHECKING:
     from google.api_core.retry import Retry

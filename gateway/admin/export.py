@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.content_schema import CONTENT_TABLE
 from gateway.audit.record import rfc3339
 from gateway.audit.schema import AUDIT_TABLE, Table
+from gateway.capture.schema import CONTENT_TABLE
 
 if TYPE_CHECKING:
     from google.cloud import bigquery

@@ -13,12 +13,14 @@ from typing import IO, Any
 
 import orjson
 
-from gateway.audit.content_schema import CONTENT_COLUMNS
-from gateway.audit.schema import AUDIT_COLUMNS
+from gateway.audit.kind import AUDIT_ROWS, RowKind
+from gateway.audit.schema import Table
 
 logger = logging.getLogger("gateway.audit")
 
 SUFFIX = ".jsonl"
+
+Pending = tuple[dict[str, Any], int]  # a row, and how many times it has been failed over
 
 
 def default_spill_dir() -> str:
@@ -68,12 +70,12 @@ class Spill:
         self._active.flush()
         self.pending_rows += 1
 
-    def read_batch(self, size: int) -> list[tuple[dict[str, Any], int]]:
+    def read_batch(self, size: int) -> list[Pending]:
         """Up to `size` rows from the oldest file; `commit()` once they are settled, else they stay on disk."""
         if self._reader is None and not self._open_next():
             return []
         assert self._reader is not None
-        batch: list[tuple[dict[str, Any], int]] = []
+        batch: list[Pending] = []
         while len(batch) < size:
             line = self._reader.readline()
             if not line:
@@ -132,8 +134,8 @@ class Spill:
         return True
 
 
-def load_rows(path: str | Path, fallback_key: str = "audit_fallback") -> tuple[list[dict[str, Any]], int]:
-    """Audit rows from a spill file, or from `fallback_key` entries in a log (JSON lines, or the JSON array
+def load_rows(path: str | Path, kind: RowKind = AUDIT_ROWS) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a kind from a spill file, or from its fallback entries in a log (JSON lines, or the JSON array
     `gcloud logging read --format=json` prints), with integer columns made integers again; and how many
     lines held no row (other log lines, or a line a crash cut short)."""
     data = Path(path).read_bytes()
@@ -149,9 +151,9 @@ def load_rows(path: str | Path, fallback_key: str = "audit_fallback") -> tuple[l
                 skipped += bool(line.strip())
     rows = []
     for entry in entries:
-        row = _row_of(entry, fallback_key)
+        row = _row_of(entry, kind.fallback_key)
         if row is not None and isinstance(row.get("request_id"), str):
-            rows.append(coerce_row(row))
+            rows.append(coerce_row(row, kind.table))
         else:
             skipped += 1
     return rows, skipped
@@ -168,14 +170,9 @@ def _row_of(entry: Any, fallback_key: str) -> dict[str, Any] | None:
     return entry if "request_id" in entry else None
 
 
-_INTEGER_COLUMNS = frozenset(
-    column.name for column in (*AUDIT_COLUMNS, *CONTENT_COLUMNS) if column.type == "INT64"
-)
-
-
-def coerce_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Cloud Logging keeps every JSON number as a double: give integer columns their integers back."""
-    for name in _INTEGER_COLUMNS:
+def coerce_row(row: dict[str, Any], table: Table = AUDIT_ROWS.table) -> dict[str, Any]:
+    """Cloud Logging keeps every JSON number as a double: give the table's integer columns their integers back."""
+    for name in (column.name for column in table.columns if column.type == "INT64"):
         value = row.get(name)
         if isinstance(value, float) and value.is_integer():
             row[name] = int(value)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from gateway.audit.record import AuditRecord
 from gateway.capture.assemble import MAX_JSON_BODY, ResponseAssembler
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.patterns import load_redactor
 from gateway.capture.redact import Redactor
-from gateway.capture.rows import CaptureJob, content_rows, ready, start_worker, worker_rows
+from gateway.capture.rows import CaptureJob, content_rows
+from gateway.capture.worker import CaptureWorker
 
 if TYPE_CHECKING:
     from gateway.audit.writer import AuditWriter
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gateway.capture")
 
-NONE, METADATA, FULL = "none", "metadata+", "full"
 # Only Messages requests are captured: they carry the prompts and produce the responses. `count_tokens` sends the
 # same prompt a moment before its Messages request does, and `/v1/models` sends none.
 CAPTURED_PATH = "/v1/messages"
@@ -39,7 +38,6 @@ INLINE_BYTES = 64 * 1024
 # A batch the worker has not finished in this long is given up (the worker is restarted): a runaway operator
 # pattern must not hold every later request's metadata row.
 BATCH_TIMEOUT_SECONDS = 120.0
-WORKER_NICENESS = 10
 _STOPPED = "the gateway stopped before the capture was written"
 
 
@@ -49,7 +47,7 @@ class RequestCapture:
 
     __slots__ = ("pipeline", "level", "body", "assembler", "_json")
 
-    def __init__(self, pipeline: CapturePipeline, level: str, body: bytes) -> None:
+    def __init__(self, pipeline: CapturePipeline, level: CaptureLevel, body: bytes) -> None:
         self.pipeline = pipeline
         self.level = level
         self.body = body
@@ -58,7 +56,7 @@ class RequestCapture:
 
     @property
     def wants_response(self) -> bool:
-        return self.level == FULL
+        return self.level == CaptureLevel.FULL
 
     def start(self, event_stream: bool) -> None:
         """The upstream answered: with an SSE stream, or with one JSON body."""
@@ -110,22 +108,21 @@ class CapturePipeline:
         self.cap_bytes = cap_bytes
         self.max_pending = max_pending
         self.skipped = 0
-        self._patterns = patterns
         self._queue: deque[Pending] = deque()
         self._building: list[Pending] = []
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._worker: ProcessPoolExecutor | None = None
+        self._worker = CaptureWorker(patterns)
 
     @classmethod
     def from_settings(cls, settings: Settings, audit: AuditWriter) -> CapturePipeline:
-        from gateway.audit.writer import AuditWriter
+        from gateway.capture.sink import content_writer
 
         return cls(
             audit,
-            AuditWriter.for_content(settings),
+            content_writer(settings),
             load_redactor(settings.redaction_patterns),
             cap_bytes=settings.capture_max_bytes,
             max_pending=settings.capture_max_pending,
@@ -139,26 +136,15 @@ class CapturePipeline:
 
     async def start(self) -> None:
         await self.content.start()
-        self._worker = self._new_worker()
-        # Started now rather than at the first capture, which would otherwise wait for the process to come up.
-        await asyncio.wrap_future(self._worker.submit(ready))
+        await self._worker.start()
         self._task = asyncio.create_task(self._run(), name="capture-rows")
 
-    def _new_worker(self) -> ProcessPoolExecutor:
-        # spawn, not fork: forking a process that runs threads and an event loop copies their locks mid-use.
-        return ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=start_worker,
-            initargs=(self._patterns, WORKER_NICENESS),
-        )
-
-    def begin(self, level: str, path: str, body: bytes, record: AuditRecord) -> RequestCapture | None:
+    def begin(self, level: CaptureLevel, path: str, body: bytes, record: AuditRecord) -> RequestCapture | None:
         """A capture for this request if its level and path call for one; notes the level applied on the row."""
-        if path != CAPTURED_PATH or level not in (METADATA, FULL):
-            record.capture_level = NONE
+        if path != CAPTURED_PATH or level not in (CaptureLevel.METADATA, CaptureLevel.FULL):
+            record.capture_level = CaptureLevel.NONE.value
             return None
-        record.capture_level = level
+        record.capture_level = level.value
         return RequestCapture(self, level, body)
 
     def finish(self, capture: RequestCapture, record: AuditRecord) -> None:
@@ -197,26 +183,20 @@ class CapturePipeline:
                 self._idle.set()
 
     async def _rows(self, jobs: list[CaptureJob]) -> list[dict[str, Any] | str]:
-        if all(job.level == METADATA for job in jobs) and sum(len(job.body) for job in jobs) <= INLINE_BYTES:
+        facts_only = all(job.level == CaptureLevel.METADATA for job in jobs)
+        if facts_only and sum(len(job.body) for job in jobs) <= INLINE_BYTES:
             return content_rows(jobs, self.redactor, self.cap_bytes)
-        assert self._worker is not None
         try:
-            future = self._worker.submit(worker_rows, jobs, self.cap_bytes)
-            return await asyncio.wait_for(asyncio.wrap_future(future), BATCH_TIMEOUT_SECONDS)
+            return await asyncio.wait_for(self._worker.rows(jobs, self.cap_bytes), BATCH_TIMEOUT_SECONDS)
         except (TimeoutError, BrokenProcessPool) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "the capture worker stopped"
             logger.error("prompt capture of %d request(s) failed (%s); restarting the capture worker",
                          len(jobs), reason)
-            self._restart_worker()
+            self._worker.restart()
             return [f"capture failed: {reason}"] * len(jobs)
         except Exception as exc:  # a job that would not pickle, say: those requests are audited without content
             logger.exception("prompt capture batch failed")
             return [f"capture failed: {type(exc).__name__}: {exc}"[:500]] * len(jobs)
-
-    def _restart_worker(self) -> None:
-        old, self._worker = self._worker, self._new_worker()
-        if old is not None:
-            _stop(old)
 
     async def drain(self, timeout: float) -> None:
         """Finish the captures under way within `timeout`, then stop; the rest are audited without content."""
@@ -238,19 +218,9 @@ class CapturePipeline:
         if left:
             logger.error("%d prompt capture(s) unfinished at shutdown; their requests are audited without content",
                          len(left))
-        if self._worker is not None:
-            _stop(self._worker)
-            self._worker = None
+        self._worker.close()
 
-    async def aclose(self) -> None:
-        await self.content.aclose()
-
-
-def _stop(worker: ProcessPoolExecutor) -> None:
-    """Stop a worker now, even one busy with a runaway pattern (the executor would wait for it otherwise)."""
-    # ProcessPoolExecutor has no public way to end a busy worker before Python 3.14's terminate_workers().
-    processes = list(getattr(worker, "_processes", {}).values())
-    worker.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Close the content writer: its rows are in the sink or its fallback log by `deadline` (see
+        `AuditWriter.aclose`). After `drain`, since the captures it finishes submit content rows."""
+        await self.content.aclose(deadline)

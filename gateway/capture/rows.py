@@ -1,27 +1,24 @@
 """Content rows from finished captures: the facts, and the redacted text, of one request and its response.
 
-This runs in the capture worker process (or, for small facts-only work, on the event loop), so its inputs are
-plain data that pickles: a `CaptureJob` per request."""
+This runs in the capture worker process (gateway.capture.worker) or, for small facts-only work, on the event
+loop, so its inputs are plain data that pickles: a `CaptureJob` per request."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from gateway.audit.record import rfc3339
 from gateway.capture.assemble import ResponseAssembler, dumps
-from gateway.capture.patterns import load_redactor
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.redact import Redactor
 from gateway.capture.summary import capture_request, summarise_request
 
 logger = logging.getLogger("gateway.capture")
 
-FULL = "full"
 MAX_ERROR = 500
 
 
@@ -32,7 +29,7 @@ class CaptureJob:
     request_id: str
     timestamp: datetime
     user_email: str | None
-    level: str
+    level: CaptureLevel
     body: bytes
     assembler: ResponseAssembler | None
     """The response rebuilt so far (`full`, and only when an upstream answered)."""
@@ -55,7 +52,7 @@ def content_row(job: CaptureJob, redactor: Redactor, cap_bytes: int) -> dict[str
         "request_id": job.request_id,
         "timestamp": rfc3339(job.timestamp),
         "user_email": job.user_email,
-        "capture_level": job.level,
+        "capture_level": job.level.value,
         "request": None,
         "response": None,
         "system_sha256": summary["system_sha256"],
@@ -70,7 +67,7 @@ def content_row(job: CaptureJob, redactor: Redactor, cap_bytes: int) -> dict[str
         "capture_error": None,
     }
     counts: dict[str, int] = {}
-    if job.level == FULL:
+    if job.level == CaptureLevel.FULL:
         request = capture_request(job.body, cap_bytes)
         if request["error"] and request["error"] not in errors:
             errors.append(request["error"])
@@ -109,32 +106,3 @@ def _redacted_json(value: Any, redactor: Redactor, counts: dict[str, int]) -> st
         counts[name] = counts.get(name, 0) + count
     return dumps(redacted).decode()
 
-
-# The worker process's redactor, compiled once when it starts.
-_worker_redactor: Redactor | None = None
-
-
-def start_worker(patterns: str | None, niceness: int) -> None:
-    """Initialise the capture worker process: below the gateway's priority, so that on a shared CPU the relay
-    runs first and captures take what is left."""
-    global _worker_redactor
-    # Ctrl-C at a terminal reaches the whole process group: the gateway stops the worker itself, in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if niceness:
-        try:
-            os.nice(niceness)
-        except OSError:  # pragma: no cover - lowering one's own priority is always allowed on Linux
-            pass
-    _worker_redactor = load_redactor(patterns)
-
-
-def worker_rows(jobs: list[CaptureJob], cap_bytes: int) -> list[dict[str, Any] | str]:
-    """`content_rows` in the worker process, with its redactor."""
-    if _worker_redactor is None:
-        raise RuntimeError("capture worker used before start_worker()")
-    return content_rows(jobs, _worker_redactor, cap_bytes)
-
-
-def ready() -> bool:
-    """A no-op the pipeline sends at start-up, so that the first capture does not wait for the process."""
-    return _worker_redactor is not None

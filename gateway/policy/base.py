@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.capture.levels import CaptureLevel
 from gateway.errors import GatewayError
 from gateway.identity import Principal
 from gateway.metering import Usage
@@ -36,8 +37,8 @@ class Admission:
     """The request's id in the shared counters: its concurrency slot, and the key `settle` accounts under."""
     counted: bool = False
     """Whether `settle` adds the request's tokens and cost to the user's counters and gives back its slot."""
-    capture: str = "none"
-    """Prompt capture level for the person: none, metadata+ or full (gateway.policy.model.CAPTURE_LEVELS)."""
+    capture: CaptureLevel = CaptureLevel.NONE
+    """Prompt capture level for the person."""
     limits_checked: bool = True
     """False when rates, budgets and concurrency could not be checked (the counters did not answer, fail-open);
     `rule` then ends in `limits-unchecked`, so the audit row says so."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from gateway.capture.levels import CaptureLevel
 from gateway.policy.counters import MICROS, Snapshot
 from gateway.policy.model import LIMIT_FIELDS, Decision, Policy, format_value
 
@@ -12,9 +13,9 @@ if TYPE_CHECKING:
     from gateway.managed_settings import ManagedSettings
 
 CAPTURE_MEANING = {
-    "none": "no prompt or response text is kept",
-    "metadata+": "facts about each request are kept in the content table, no text",
-    "full": "prompts and responses are kept, redacted, in the content table",
+    CaptureLevel.NONE: "no prompt or response text is kept",
+    CaptureLevel.METADATA: "facts about each request are kept in the content table, no text",
+    CaptureLevel.FULL: "prompts and responses are kept, redacted, in the content table",
 }
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from gateway.capture.levels import CaptureLevel
 from gateway.identity import fold_case
-from gateway.policy.model import BUDGET_FIELDS, CAPTURE_LEVELS, RULE_FIELDS, ModelPattern, Policy, Rule
+from gateway.policy.model import BUDGET_FIELDS, RULE_FIELDS, ModelPattern, Policy, Rule
 
 TOP_LEVEL_KEYS = ("version", "default", "groups", "users", "members", "budget_help")
 EXTENSION_PREFIX = "x-"
@@ -189,12 +190,12 @@ class _Reader:
                 return False, None
             return True, value
         if key == "capture":
-            if not (isinstance(node, ScalarNode) and node.tag == _STR and value in CAPTURE_LEVELS):
+            if not (isinstance(node, ScalarNode) and node.tag == _STR and value in tuple(CaptureLevel)):
                 hint = f" (YAML reads {node.value!r} as {value}; write none)" if isinstance(value, bool) else ""
-                levels = ", ".join(CAPTURE_LEVELS)
+                levels = ", ".join(CaptureLevel)
                 self.fail(node, f"capture in {what} must be one of {levels}, not {_shown(node, value)}{hint}")
                 return False, None
-            return True, value
+            return True, CaptureLevel(value)
         if value is None or isinstance(node, ScalarNode) and node.tag == _NULL:
             self.fail(node, f"{key} in {what} has no value; write a number or `{UNLIMITED}`, or remove the line")
             return False, None

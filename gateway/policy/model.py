@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from gateway.capture.levels import CaptureLevel
 from gateway.identity import fold_case
 
 LIMIT_FIELDS = (
@@ -20,11 +21,6 @@ LIMIT_FIELDS = (
 )
 BUDGET_FIELDS = frozenset(("daily_budget_usd", "monthly_budget_usd"))
 RULE_FIELDS = ("models", *LIMIT_FIELDS, "capture", "managed_settings", "description")
-
-# Prompt capture levels, from least to most kept. Across several groups the most capture wins: a person in a
-# group whose prompts must be kept has them kept, whatever other groups they are in.
-CAPTURE_LEVELS = ("none", "metadata+", "full")
-NO_CAPTURE = "none"
 
 # Model ids look like `claude-sonnet-4-5-20250929`, `claude-opus-4-1@20250805` (Vertex AI) or
 # `anthropic.claude-...:0` (Bedrock); `*` and `?` are the only wildcards, so a pattern never surprises.
@@ -71,8 +67,8 @@ class Rule:
     monthly_budget_usd: Decimal | None = None
     max_concurrent_requests: int | None = None
     max_tokens: int | None = None
-    capture: str | None = None
-    """Prompt capture level (one of CAPTURE_LEVELS); None when the rule does not say, which means `none`."""
+    capture: CaptureLevel | None = None
+    """Prompt capture level; None when the rule does not say, which means `none`."""
     managed_settings: Mapping[str, Any] | None = None
     """Claude Code managed settings for the rule's people (JSON values), served at `GET /managed/settings`."""
     description: str | None = None
@@ -104,7 +100,7 @@ class Policy:
     def capturing_rules(self) -> list[Rule]:
         """The rules that ask for prompt capture; with any, the gateway writes the content table."""
         rules = (self.default, *self.groups.values(), *self.users.values())
-        return [rule for rule in rules if rule is not None and rule.capture not in (None, NO_CAPTURE)]
+        return [rule for rule in rules if rule is not None and rule.capture not in (None, CaptureLevel.NONE)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +114,8 @@ class Limits:
     monthly_budget_usd: Decimal | None = None
     max_concurrent_requests: int | None = None
     max_tokens: int | None = None
-    capture: str = NO_CAPTURE
-    """How much of each `/v1/messages` request and response is kept for audit (one of CAPTURE_LEVELS)."""
+    capture: CaptureLevel = CaptureLevel.NONE
+    """How much of each `/v1/messages` request and response is kept for audit."""
     source: Mapping[str, str] = field(default_factory=dict)
     """For each field, the rule its value comes from (named in refusals)."""
     why: Mapping[str, str] = field(default_factory=dict)
@@ -210,10 +206,11 @@ def _most_generous(rules: Sequence[Rule]) -> Limits:
     return Limits(models=models, source=source, why=why, **values)
 
 
-def _most_capture(rules: Sequence[Rule]) -> tuple[str, str, str]:
-    """The capture level, its rule and why: the most capture any of the rules asks for."""
-    offered = [(rule.name, rule.capture or NO_CAPTURE) for rule in rules]
-    source, level = max(offered, key=lambda item: CAPTURE_LEVELS.index(item[1]))
+def _most_capture(rules: Sequence[Rule]) -> tuple[CaptureLevel, str, str]:
+    """The capture level, its rule and why: the most capture any of the rules asks for (a person in a group whose
+    prompts must be kept has them kept, whatever other groups they are in)."""
+    offered = [(rule.name, rule.capture or CaptureLevel.NONE) for rule in rules]
+    source, level = max(offered, key=lambda item: item[1].rank)
     if not any(rule.capture for rule in rules):
         return level, source, "no rule asks for capture"
     why = source
@@ -232,7 +229,7 @@ def _override(limits: Limits, override: Rule, *, has_base: bool) -> Limits:
             why[name] = f"{override.name} override" if name in override.given else f"{override.name} sets no limit"
     if "capture" in override.given or not has_base:
         # An override is a deliberate choice for one person, so it may lower capture as well as raise it.
-        changes["capture"] = override.capture or NO_CAPTURE
+        changes["capture"] = override.capture or CaptureLevel.NONE
         source["capture"] = override.name
         why["capture"] = f"{override.name} override" if "capture" in override.given else "no rule asks for capture"
     return replace(limits, source=source, why=why, **changes)

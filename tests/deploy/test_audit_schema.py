@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from gateway.audit.content_schema import content_schema_json
 from gateway.audit.schema import bigquery_schema_json
-from gateway.audit.telemetry_schema import telemetry_schema_json
+from gateway.capture.schema import content_schema_json
+from gateway.telemetry.schema import telemetry_schema_json
 from tests.deploy.conftest import TERRAFORM
 
 REGENERATE = (
@@ -38,6 +38,6 @@ def test_telemetry_schema_file_equals_the_package_schema() -> None:
     expected = json.dumps(telemetry_schema_json(), indent=2) + "\n"
     assert (TERRAFORM / "telemetry_schema.json").read_text() == expected, (
         "terraform/telemetry_schema.json is stale; regenerate it:\n"
-        '.venv/bin/python -c "import json; from gateway.audit.telemetry_schema import telemetry_schema_json; '
+        '.venv/bin/python -c "import json; from gateway.telemetry.schema import telemetry_schema_json; '
         'print(json.dumps(telemetry_schema_json(), indent=2))" > terraform/telemetry_schema.json'
     )

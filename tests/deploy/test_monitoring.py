@@ -194,7 +194,7 @@ def test_a_failover_counts_as_an_upstream_failure(default_plan: Plan, structured
 
 
 def test_audit_fallback_entries_are_counted_by_kind(default_plan: Plan, structured_lines: io.StringIO) -> None:
-    # The entry as AuditWriter._log_fallback writes it (gateway/audit/writer.py).
+    # The entry as Fallback.log writes it (gateway/audit/fallback.py).
     audit = logging.getLogger("gateway.audit")
     for key in ("audit_fallback", "audit_content_fallback"):
         audit.error(key, extra={"json_fields": {key: {"request_id": "req-1"}, "reason": "bigquery: unreachable"}})

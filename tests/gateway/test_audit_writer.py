@@ -5,6 +5,7 @@ The end-to-end versions, through a real gateway into the BigQuery emulator, are 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,10 +17,13 @@ import httpx
 import orjson
 import pytest
 
+from gateway.audit.kind import AUDIT_ROWS, RowKind
 from gateway.audit.record import AuditRecord
 from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
 from gateway.audit.spill import Spill, load_rows
 from gateway.audit.writer import AuditWriter
+from gateway.capture.schema import CONTENT_ROWS
+from gateway.telemetry.schema import TELEMETRY_ROWS
 from tests.gateway.conftest import Stack
 
 pytestmark = pytest.mark.anyio
@@ -380,3 +384,37 @@ def test_replay_reads_spill_files_fallback_log_lines_and_gcloud_json(tmp_path: P
         (loaded,), skipped = load_rows(path)
         assert loaded == row and isinstance(loaded["input_tokens"], int)
         assert skipped == other_lines
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        (AUDIT_ROWS, "; send them with `claude-gateway audit replay FILE`"),
+        (CONTENT_ROWS, "; send them with `claude-gateway audit replay --content FILE`"),
+        (TELEMETRY_ROWS, ""),  # no command replays telemetry into its table
+    ],
+)
+async def test_a_writer_spills_and_logs_under_its_kind_and_names_the_command_that_replays_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: RowKind, hint: str
+) -> None:
+    caplog.set_level(logging.INFO, "gateway.audit")
+    folder = tmp_path / "spill" / kind.spill_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spill-1-00000000-000001.jsonl").write_bytes(b"")  # another process's leftovers
+    sink = ScriptedSink()
+    sink.fail = lambda rows: SinkUnavailable("connection refused")
+    writer = writer_for(sink, tmp_path, kind=kind, retry_max_seconds=0.1)
+    await writer.start()
+
+    writer.submit({"request_id": "req-k", "telemetry_id": "t-k"})
+    await wait_for(lambda: writer.counters.spilled == 1)
+    await writer.aclose(time.monotonic() + 0.2)
+
+    messages = [r.getMessage() for r in caplog.records]
+    assert [r.json_fields[kind.fallback_key]["request_id"] for r in caplog.records if r.msg == kind.fallback_key] == [
+        "req-k"
+    ]
+    assert any(m.endswith(f"{kind.fallback_key} log){hint}: spill-1-00000000-000001.jsonl") for m in messages)
+    assert any(m.endswith(f"(they are in the {kind.fallback_key} log too){hint}") for m in messages)
+    assert any(m.startswith(f"{kind.label} closed: ") for m in messages)
+    assert len(list(folder.glob("spill-*.jsonl"))) == 2

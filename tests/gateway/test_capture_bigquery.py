@@ -17,6 +17,7 @@ from gateway.audit.bigquery import TableRef
 from gateway.audit.record import rfc3339
 from gateway.audit.sinks import SinkConfigError
 from gateway.audit.writer import AuditWriter
+from gateway.capture.sink import content_writer
 from gateway.cli import main
 from gateway.config import Settings
 from tests.gateway.conftest import StackFactory
@@ -101,7 +102,7 @@ def test_content_the_sink_does_not_take_is_logged_apart_from_metadata(
                            "capture_level": "full", "request": '{"messages": ["secret plans"]}'}
 
     async def run() -> AuditWriter:
-        writer = AuditWriter.for_content(settings)
+        writer = content_writer(settings)
         await writer.start()
         writer.submit(row)
         await asyncio.sleep(0.6)
@@ -122,7 +123,7 @@ def test_a_missing_content_table_is_a_clear_start_up_error(emulator: Emulator, t
     settings = Settings(dev_mode=True, **sink_settings(table, emulator.url, tmp_path))
 
     with pytest.raises(SinkConfigError) as caught:
-        asyncio.run(AuditWriter.for_content(settings).start())
+        asyncio.run(content_writer(settings).start())
 
     expected = f"bigquery://{table.project}/{table.dataset}_content/audit_content"
     assert f"does not exist: create it with `claude-gateway bq init --content-sink {expected}`" in str(caught.value)

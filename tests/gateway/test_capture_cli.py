@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audit.content_schema import content_schema_json
 from gateway.audit.schema import AUDIT_COLUMNS
+from gateway.capture.schema import content_schema_json
 from gateway.cli import main
 from gateway.policy.loader import PolicyFileError, parse_policy
 from tests.gateway.conftest import StackFactory

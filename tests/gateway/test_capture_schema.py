@@ -6,16 +6,17 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.audit.content_schema import CONTENT_COLUMN_NAMES, CONTENT_TABLE, default_content_sink
 from gateway.audit.sqlite import connect
 from gateway.capture.assemble import ResponseAssembler
+from gateway.capture.levels import CaptureLevel
 from gateway.capture.redact import Redactor
 from gateway.capture.rows import CaptureJob, content_row
+from gateway.capture.schema import CONTENT_COLUMN_NAMES, CONTENT_TABLE, default_content_sink
 
 
 def test_the_pipeline_builds_rows_with_exactly_the_content_columns() -> None:
     body = b'{"messages": [{"role": "user", "content": "hi"}]}'
-    for level, assembler in (("metadata+", None), ("full", ResponseAssembler(4096))):
+    for level, assembler in ((CaptureLevel.METADATA, None), (CaptureLevel.FULL, ResponseAssembler(4096))):
         job = CaptureJob("req-1", datetime.now(UTC), "ada@example.com", level, body, assembler)
         assert list(content_row(job, Redactor(), 4096)) == list(CONTENT_COLUMN_NAMES)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.capture.levels import CaptureLevel
 from gateway.policy.loader import PolicyFileError, load_policy, parse_policy
 from gateway.policy.model import ModelPattern, Policy, decide
 
@@ -224,3 +225,19 @@ def test_user_override_alone_is_the_whole_rule_without_group_or_default() -> Non
     assert decision.limits is not None
     assert decision.limits.max_tokens == 100
     assert decision.limits.requests_per_minute is None
+
+
+def test_capture_levels_are_the_files_words_and_the_most_capture_across_groups_wins() -> None:
+    policy = parse_policy(textwrap.dedent("""\
+        version: 1
+        default: {capture: none}
+        groups:
+          eng@example.com: {capture: metadata+}
+          audit@example.com: {capture: full}
+        """))
+
+    assert [str(level) for level in CaptureLevel] == ["none", "metadata+", "full"]
+    assert policy.groups["eng@example.com"].capture is CaptureLevel.METADATA
+    both = decide(policy, "ada@example.com", {"eng@example.com", "audit@example.com"})
+    assert both.limits.capture is CaptureLevel.FULL and both.limits.capture == "full"
+    assert decide(policy, "bo@example.com", set()).limits.capture is CaptureLevel.NONE

@@ -27,9 +27,9 @@ from opentelemetry.sdk.resources import Resource
 
 from gateway.admin.bq_admin import telemetry_ref
 from gateway.audit.bigquery import BigQuerySink
-from gateway.audit.telemetry_schema import TELEMETRY_TABLE
 from gateway.cli import main
 from gateway.telemetry import otlp
+from gateway.telemetry.schema import TELEMETRY_TABLE
 from tests.gateway.conftest import Stack
 from tests.support.bqemulator import shared_emulator
 

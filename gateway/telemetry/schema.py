@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.audit.kind import RowKind
 from gateway.audit.schema import Column, Table
 
 TELEMETRY_COLUMNS: tuple[Column, ...] = (
@@ -33,6 +34,9 @@ TELEMETRY_COLUMNS: tuple[Column, ...] = (
 TELEMETRY_TABLE = Table("telemetry", TELEMETRY_COLUMNS, key="telemetry_id")
 DEFAULT_TELEMETRY_TABLE = "telemetry"
 TELEMETRY_CLUSTERING_FIELDS = ("user_email", "signal")
+# No command replays telemetry: its spill files and fallback entries are kept for a person to read.
+TELEMETRY_ROWS = RowKind(TELEMETRY_TABLE, "telemetry writer", "telemetry_fallback", spill_folder="telemetry",
+                         replay_command=None)
 
 
 def telemetry_sink_url(audit_sink: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.audit.kind import RowKind
 from gateway.audit.schema import Column, Table
 
 CONTENT_COLUMNS: tuple[Column, ...] = (
@@ -30,6 +31,10 @@ CONTENT_COLUMN_NAMES: tuple[str, ...] = CONTENT_TABLE.names
 # The BigQuery layout, beside PARTITION_FIELD and CLUSTERING_FIELDS of the metadata table; Terraform says the same.
 CONTENT_CLUSTERING_FIELDS = ("user_email",)
 DEFAULT_CONTENT_TABLE = "audit_content"
+CONTENT_ROWS = RowKind(
+    CONTENT_TABLE, "audit content writer", "audit_content_fallback", spill_folder="content",
+    replay_command="claude-gateway audit replay --content",
+)
 
 
 def default_content_sink(audit_sink: str) -> str:
