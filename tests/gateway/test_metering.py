@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.metering import JSONMeter, SSEMeter, Usage, new_meter
+from gateway.metering import JSONMeter, SSEMeter, Usage
 
 MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
 MODEL = "claude-sonnet-4-5-20250929"
@@ -447,11 +447,6 @@ GARBAGE = {
 @pytest.mark.parametrize("body", GARBAGE.values(), ids=GARBAGE.keys())
 def test_json_garbage_never_raises(body: bytes) -> None:
     json_meter(body)
-
-
-def test_new_meter_reads_sse_when_streaming_and_json_otherwise() -> None:
-    assert isinstance(new_meter(True), SSEMeter)
-    assert isinstance(new_meter(False), JSONMeter)
 
 
 @pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
