@@ -6,8 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from gateway.jsonish import loads_object
 from gateway.sse import SSEFramer, parse
 
 logger = logging.getLogger(__name__)
@@ -64,20 +63,6 @@ def _str(value: object) -> str | None:
 
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _loads(data: bytes) -> dict[str, Any] | None:
-    """Decode a JSON object; None for anything else."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # An SSE stream is decoded as UTF-8 with replacement, so a stray invalid byte in a string must not
-        # lose the whole event; orjson rejects invalid UTF-8 outright, hence the second try.
-        try:
-            value = orjson.loads(data.decode("utf-8", "replace"))
-        except orjson.JSONDecodeError:
-            return None
-    return value if isinstance(value, dict) else None
 
 
 def _take_usage(usage: Usage, counts: dict[str, Any]) -> None:
@@ -219,7 +204,7 @@ class SSEMeter:
         if name == b"message_stop":
             self.usage.finished = True  # its data says nothing more
             return
-        body = _loads(payload)
+        body = loads_object(payload, replace=True)
         if body is None:
             if name == b"error":
                 # A failure the upstream could not even describe is still a failure.
@@ -281,7 +266,7 @@ class JSONMeter:
         if not body_bytes:
             return
         try:
-            body = _loads(body_bytes)
+            body = loads_object(body_bytes, replace=True)
             if body is None:
                 return
             self.usage.started = self.usage.finished = True
