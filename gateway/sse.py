@@ -115,9 +115,9 @@ def parse(block: bytes) -> Event | None:
     if block.startswith(b"event:"):
         eol = block.find(b"\n")
         if eol > 0 and block.startswith(b"data:", eol + 1) and block.find(b"\n", eol + 1) < 0:
-            name = block[6:eol]
-            data = block[eol + 6 :]
-            return (name[1:] if name.startswith(b" ") else name, data[1:] if data.startswith(b" ") else data)
+            # One slice each, a space after the colon skipped by offset rather than sliced off a copy.
+            at = eol + 6
+            return block[7 if block[6] == 0x20 else 6 : eol], block[at + 1 if block.startswith(b" ", at) else at :]
     name = b""
     lines: list[bytes] = []
     for line in block.split(b"\n"):

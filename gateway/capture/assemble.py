@@ -179,9 +179,7 @@ class ResponseAssembler:
         blocks = self._framer.finish()
         if self._failure is None:
             for block in blocks:
-                event = parse(block)
-                if event is not None:
-                    self._event(*event)
+                self._event(block)
 
     # Events
 
@@ -190,16 +188,18 @@ class ResponseAssembler:
         # An event larger than the room left (plus slack) could not be stored: the framer skips it unheld.
         framer.limit = self._cap - self._stored + EVENT_SLACK
         for block in framer.feed(chunk):
-            event = parse(block)
-            if event is not None:
-                self._event(*event)
+            self._event(block)
         if framer.dropped:
             self._truncated = True
             self._dropped += framer.dropped
             framer.dropped = 0
 
-    def _event(self, name: bytes, payload: bytes) -> None:
+    def _event(self, block: bytes) -> None:
         """Dispatch one event by its name, or by its JSON type when it has none."""
+        event = parse(block)
+        if event is None:
+            return  # Comments and keep-alives; the spec dispatches nothing without data.
+        name, payload = event
         try:
             # orjson first, without the lenient reader's call, since every event of a reply passes here.
             body = orjson.loads(payload)
