@@ -1,4 +1,4 @@
-"""Token usage read from responses as they pass: incremental SSE parsing and non-streaming JSON."""
+"""Token usage read from responses as they pass: SSE events (framed by gateway.sse) and non-streaming JSON."""
 
 from __future__ import annotations
 
@@ -120,8 +120,7 @@ ESTIMATE_BYTES_PER_TOKEN = 3
 # reply was cut), from the request's JSON size: prompts run about 4 bytes a token, and JSON framing adds bytes.
 ESTIMATE_BYTES_PER_INPUT_TOKEN = 4
 _DELTA_TYPE = b'"content_block_delta"'
-_DELTA_DATA = b'{"type":"content_block_delta"'
-_DELTA_EVENT = b"event: content_block_delta\ndata: " + _DELTA_DATA
+_DELTA_EVENT = b'event: content_block_delta\ndata: {"type":"content_block_delta"'
 
 
 class SSEMeter:
@@ -173,7 +172,7 @@ class SSEMeter:
         """Read the events that carry usage; most of a reply is content_block_delta events, only counted."""
         for block in blocks:
             if block.startswith(_DELTA_EVENT) and block.find(b"\n", len(_DELTA_EVENT)) < 0:
-                # Anthropic's own shape, two lines naming the event and opening its data: counted unparsed.
+                # Anthropic's text delta, two lines naming the event and opening its data: counted, never parsed.
                 self._event_bytes += len(block)
                 self._deltas += 1
                 continue
@@ -181,22 +180,12 @@ class SSEMeter:
             if event is None:
                 continue
             name, payload = event
-            if name:
-                if name == b"content_block_delta":
-                    # The bytes of each text delta event, for the estimate of a stream cut before its final count;
-                    # Anthropic's data opens with its type, which spares a scan for it.
-                    if not payload.startswith(_DELTA_DATA) and _DELTA_TYPE not in payload:
-                        continue
-                    self._event_bytes += len(block)
-                    self._deltas += 1
-                elif name in _WANTED:
-                    self._read(name, payload)
-                continue
-            # No event name: the JSON type decides, so peek at the raw bytes before paying for a JSON decode.
             if _DELTA_TYPE in payload:
+                # The bytes of each text delta event, for the estimate of a stream cut before its final count.
                 self._event_bytes += len(block)
                 self._deltas += 1
-            if any(wanted in payload for wanted in _WANTED):
+            # An unnamed event's JSON type decides: peek for it in the raw bytes before paying for a JSON decode.
+            if name in _WANTED or (not name and any(wanted in payload for wanted in _WANTED)):
                 self._read(name, payload)
 
     def _read(self, name: bytes, payload: bytes) -> None:
