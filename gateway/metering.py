@@ -268,4 +268,3 @@ class JSONMeter:
                 self.usage.input_tokens = _int(body.get("input_tokens"))
         except Exception:
             logger.exception("JSON metering failed; usage for this response is incomplete")
-
