@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.jsonish import loads_object
+from gateway.jsonish import clean_text, loads_object
 from gateway.sse import SSEFramer, parse
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def _int(value: object) -> int | None:
 
 
 def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    # The lenient reader takes lone surrogate escapes, which no audit sink could write.
+    return clean_text(value) if isinstance(value, str) else None
 
 
 def _dict(value: object) -> dict[str, Any]:

@@ -464,3 +464,9 @@ def test_a_stream_is_started_at_message_start_and_finished_only_at_message_stop(
     assert (complete.started, complete.finished) == (True, True)
     assert (truncated.usage.started, truncated.usage.finished) == (True, False)
     assert (garbage.usage.started, garbage.usage.finished) == (False, False)
+
+
+def test_a_lone_surrogate_escape_is_read_and_stored_writable() -> None:
+    error = b'{"type": "error", "error": {"type": "api_error", "message": "half \\ud83d an emoji"}}'
+    usage = meter(b"event: error\ndata: " + error + b"\n\n")
+    assert (usage.error_type, usage.error_message) == ("api_error", "half \ufffd an emoji")
