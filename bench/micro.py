@@ -5,14 +5,22 @@ End to end, metering is a few tens of microseconds inside milliseconds of relay 
 of a shared machine; fed the same bytes in a loop, its cost per reply is exact enough to hold against the
 relay's CPU per request.
 
-Run: python -m bench.micro [--deltas 50] [--seconds 2]
+Run: python -m bench.micro [--deltas 50] [--seconds 2] [--against REV]
+`--against REV` also times the gateway package of a git revision, interleaved with this tree's so that a shared
+machine's load falls on both alike, and prints the two side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 from bench.upstream import sse_events
 
@@ -80,11 +88,68 @@ def assembler_cost(deltas: int, *, seconds: float = 1.0) -> dict[str, float]:
     return out
 
 
+def _runs(metering: ModuleType, assemble: ModuleType) -> dict[str, Callable[[list[bytes]], None]]:
+    def meter(chunks: list[bytes]) -> None:
+        m = metering.SSEMeter()
+        for chunk in chunks:
+            m.feed(chunk)
+        m.finish()
+
+    def assembler(chunks: list[bytes]) -> None:
+        a = assemble.ResponseAssembler()
+        for chunk in chunks:
+            a.feed(chunk)
+        a.result()
+
+    return {"SSEMeter": meter, "ResponseAssembler": assembler}
+
+
+def _import_gateway(root: Path) -> tuple[ModuleType, ModuleType]:
+    """gateway.metering and gateway.capture.assemble as found under `root`, leaving sys.modules as it was."""
+    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] == "gateway"}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module("gateway.metering"), importlib.import_module("gateway.capture.assemble")
+    finally:
+        sys.path.remove(str(root))
+        for name in [name for name in sys.modules if name.split(".")[0] == "gateway"]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def compare(rev: str, deltas: int, *, seconds: float, rounds: int = 5) -> dict[tuple[str, str], list[float]]:
+    """Per reader and shape: [µs at `rev`, µs here], each the least of `rounds` interleaved measurements."""
+    here = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(here), "archive", rev, "gateway"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        old = _runs(*_import_gateway(Path(tmp)))
+    new = _runs(*_import_gateway(here))
+    shapes = _shapes(deltas)
+    best = {(name, shape): [float("inf"), float("inf")] for name in new for shape in shapes}
+    for _ in range(rounds):
+        for (name, shape), pair in best.items():
+            for index, runs in enumerate((old, new)):
+                pair[index] = min(pair[index], _time(runs[name], shapes[shape], seconds / rounds / 4))
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deltas", type=int, default=50, help="text deltas in the reply (default 50)")
     parser.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per measurement pair (default 2)")
+    parser.add_argument("--against", metavar="REV", help="also time the gateway package of this git revision")
     args = parser.parse_args()
+    if args.against:
+        for (name, shape), (before, after) in compare(args.against, args.deltas, seconds=args.seconds).items():
+            label = "one chunk" if shape == "one_chunk_us" else "one event per chunk"
+            print(
+                f"{name:18} {label:20} {args.against}: {before:7.1f} us   this tree: {after:7.1f} us "
+                f"({after / before - 1:+.0%})"
+            )
+        return 0
     for name, cost in (("SSEMeter", meter_cost), ("ResponseAssembler", assembler_cost)):
         result = cost(args.deltas, seconds=args.seconds)
         print(
