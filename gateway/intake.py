@@ -4,15 +4,13 @@ few fields of its JSON the gateway needs."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from gateway import jsonish
 from gateway.audit.record import AuditRecord
 from gateway.errors import GatewayError
 from gateway.headers import canonical
@@ -196,9 +194,10 @@ def parse_body(scope: Scope, body: bytes) -> ParsedBody:
         shown = content_type.decode("latin-1") or "none"
         raise GatewayError(415, f"Content-Type must be application/json, not {shown}.", outcome="bad_request")
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        data = _loads_lenient(body, exc)
+        # Leniently: what only the standard library reads (a lone surrogate escape) is JSON the upstream may take.
+        data = jsonish.loads(body)
+    except ValueError as exc:
+        raise GatewayError(400, f"Request body is not valid JSON: {exc}", outcome="bad_request") from None
     if not isinstance(data, dict):
         raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
     model = data.get("model")
@@ -207,7 +206,9 @@ def parse_body(scope: Scope, body: bytes) -> ParsedBody:
     stream = data.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise GatewayError(400, "stream: must be true or false.", outcome="bad_request")
-    return ParsedBody(model=model, stream=stream is True, max_tokens=_max_tokens(data), body=_dumps(data))
+    # What only the lenient reader took (a lone surrogate, an integer past 64 bits) goes back out the same way.
+    body = jsonish.dumps(data, compact=False)
+    return ParsedBody(model=model, stream=stream is True, max_tokens=_max_tokens(data), body=body)
 
 
 def _max_tokens(data: dict[str, Any]) -> int | None:
@@ -221,21 +222,3 @@ def _max_tokens(data: dict[str, Any]) -> int | None:
     if type(value) is float and value.is_integer():
         return int(value)
     raise GatewayError(400, "max_tokens: must be an integer.", outcome="bad_request")
-
-
-def _dumps(data: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(data)
-    except (TypeError, orjson.JSONEncodeError):
-        # What only the lenient reader took (a lone surrogate, an integer past 64 bits) goes back out the same way.
-        return json.dumps(data).encode()
-
-
-def _loads_lenient(body: bytes, error: orjson.JSONDecodeError) -> Any:
-    """JSON orjson refuses only for a lone surrogate escape (`"\\ud83d"`, a string cut mid-emoji by a JavaScript
-    client) is still JSON the upstream may accept: the standard library reads it."""
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise GatewayError(400, f"Request body is not valid JSON: {error}", outcome="bad_request") from None
-

@@ -1,4 +1,4 @@
-"""Token usage read from responses as they pass: incremental SSE parsing and non-streaming JSON."""
+"""Token usage read from responses as they pass: SSE events (framed by gateway.sse) and non-streaming JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from gateway.jsonish import clean_text, loads_object
+from gateway.sse import SSEFramer, parse
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,6 @@ MAX_JSON_BYTES = 8 * 1024 * 1024
 # without decoding its JSON, since ~50 content_block_delta events pass per reply.
 # message_stop comes once per reply and says it ended properly.
 _WANTED = frozenset((b"message_start", b"message_delta", b"message_stop", b"error"))
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(slots=True)
@@ -58,25 +58,12 @@ def _int(value: object) -> int | None:
 
 
 def _str(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    # The lenient reader takes lone surrogate escapes, which no audit sink could write.
+    return clean_text(value) if isinstance(value, str) else None
 
 
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _loads(data: bytes) -> dict[str, Any] | None:
-    """Decode a JSON object; None for anything else."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # An SSE stream is decoded as UTF-8 with replacement, so a stray invalid byte in a string must not
-        # lose the whole event; orjson rejects invalid UTF-8 outright, hence the second try.
-        try:
-            value = orjson.loads(data.decode("utf-8", "replace"))
-        except orjson.JSONDecodeError:
-            return None
-    return value if isinstance(value, dict) else None
 
 
 def _take_usage(usage: Usage, counts: dict[str, Any]) -> None:
@@ -120,18 +107,6 @@ def _take_message(usage: Usage, message: dict[str, Any]) -> None:
     _take_usage(usage, _dict(message.get("usage")))
 
 
-def to_lf(chunk: bytes, last_cr: bool) -> tuple[bytes, bool]:
-    """SSE line endings (CRLF, CR or LF) as LF; `last_cr` says the previous chunk ended in CR, so a LF opening
-    this one is the second half of a CRLF split across chunks. Returns the chunk and the new `last_cr`."""
-    if b"\r" in chunk:
-        if last_cr and chunk.startswith(b"\n"):
-            chunk = chunk[1:]
-        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), chunk.endswith(b"\r")
-    if last_cr and chunk.startswith(b"\n"):
-        chunk = chunk[1:]
-    return chunk, False
-
-
 # Estimating the output of a stream cut before its final message_delta (the client hung up, the shutdown cut it):
 # the text relayed is what the upstream generated and bills. A text delta costs _DELTA_FRAMING bytes of framing
 # besides its text (the wire format Anthropic sends), and a token of text is taken as ESTIMATE_BYTES_PER_TOKEN
@@ -146,28 +121,17 @@ ESTIMATE_BYTES_PER_TOKEN = 3
 # reply was cut), from the request's JSON size: prompts run about 4 bytes a token, and JSON framing adds bytes.
 ESTIMATE_BYTES_PER_INPUT_TOKEN = 4
 _DELTA_TYPE = b'"content_block_delta"'
+_DELTA_EVENT = b'event: content_block_delta\ndata: {"type":"content_block_delta"'
 
 
 class SSEMeter:
     """Reads Anthropic SSE bytes as they are relayed, chunk boundaries anywhere."""
 
-    __slots__ = (
-        "usage", "_buf", "_scan_from", "_last_cr", "_skipping", "_started", "_limit", "_done", "_event_bytes",
-        "_deltas", "_final",
-    )
+    __slots__ = ("usage", "_framer", "_done", "_event_bytes", "_deltas", "_final")
 
     def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
         self.usage = Usage()
-        # Pending bytes with line endings already normalised to LF, starting at an event boundary.
-        self._buf = bytearray()
-        # Where to resume looking for a blank line, so a large event arriving in small chunks is scanned once.
-        self._scan_from = 0
-        # The previous chunk ended in CR: a LF opening this chunk is the second half of a CRLF.
-        self._last_cr = False
-        # Inside an oversize event: drop bytes until the blank line that ends it.
-        self._skipping = False
-        self._started = False
-        self._limit = limit
+        self._framer = SSEFramer(limit)
         self._done = False
         # For the estimate of a cut stream: the bytes of text delta events, how many, and whether the upstream's
         # final count (message_delta) arrived.
@@ -180,25 +144,22 @@ class SSEMeter:
         if self._done or not chunk:
             return
         try:
-            self._feed(chunk)
+            self._events(self._framer.feed(chunk))
         except Exception:
             # Metering must never break the relay it rides on: stop metering this response instead.
             logger.exception("SSE metering failed; usage for this response is incomplete")
             self._done = True
-            self._buf.clear()
+            self._framer.finish()
 
     def finish(self) -> None:
         """End of stream: process a trailing event that lacks its final blank line."""
         if self._done:
             return
+        self._done = True  # Nothing is read after the end.
         try:
-            if not self._skipping and self._buf:
-                self._events(bytes(self._buf))
+            self._events(self._framer.finish())
         except Exception:
             logger.exception("SSE metering failed at end of stream")
-        self._buf.clear()
-        self._skipping = False
-        self._done = True  # Nothing is read after the end.
         usage = self.usage
         if usage.started and not self._final:
             # Cut before the final count: charge at least the text that was relayed.
@@ -208,111 +169,32 @@ class SSEMeter:
                 usage.output_tokens = estimate
                 usage.estimated = True
 
-    def _feed(self, chunk: bytes) -> None:
-        chunk, self._last_cr = to_lf(chunk, self._last_cr)
-        buf = self._buf
-        buf += chunk
+    def _events(self, blocks: list[bytes]) -> None:
+        """Read the events that carry usage; most of a reply is content_block_delta events, only counted."""
+        for block in blocks:
+            if block.startswith(_DELTA_EVENT) and block.find(b"\n", len(_DELTA_EVENT)) < 0:
+                # Anthropic's text delta, two lines naming the event and opening its data: counted, never parsed.
+                self._event_bytes += len(block)
+                self._deltas += 1
+                continue
+            event = parse(block)
+            if event is None:
+                continue
+            name, payload = event
+            if _DELTA_TYPE in payload:
+                # The bytes of each text delta event, for the estimate of a stream cut before its final count.
+                self._event_bytes += len(block)
+                self._deltas += 1
+            # An unnamed event's JSON type decides: peek for it in the raw bytes before paying for a JSON decode.
+            if name in _WANTED or (not name and any(wanted in payload for wanted in _WANTED)):
+                self._read(name, payload)
 
-        if self._skipping:
-            end = buf.find(b"\n\n", self._scan_from)
-            if end < 0:
-                # Keep only a trailing LF: it may be the first half of the blank line that ends the event.
-                del buf[: len(buf) - 1]
-                self._scan_from = 0
-                return
-            del buf[: end + 2]
-            self._skipping = False
-            self._scan_from = 0
-
-        end = buf.rfind(b"\n\n", self._scan_from)
-        if end >= 0:
-            complete = bytes(buf[:end])
-            del buf[: end + 2]
-            self._events(complete)
-        if len(buf) > self._limit:
-            # An event this large carries no usage we would read; drop it rather than hold it.
-            self._skipping = True
-            del buf[: len(buf) - 1]
-            self._scan_from = 0
-        else:
-            self._scan_from = max(len(buf) - 1, 0)
-
-    def _events(self, events: bytes) -> None:
-        """Dispatch complete events: LF-separated lines, events separated by blank lines."""
-        if not self._started:
-            self._started = True
-            if events.startswith(_BOM):
-                events = events[3:]
-        delta = events.find(_DELTA_TYPE)
-        while delta >= 0:
-            # The bytes of each text delta event, for the estimate of a stream cut before its final count.
-            start = events.rfind(b"\n\n", 0, delta)
-            end = events.find(b"\n\n", delta)
-            end = len(events) if end < 0 else end
-            self._event_bytes += end - (0 if start < 0 else start + 2)
-            self._deltas += 1
-            delta = events.find(_DELTA_TYPE, end)
-        # Every event we read names message_start, message_delta or error somewhere in its bytes. Most events
-        # of a reply are content_block_delta ones that do not, so only the events around a match are parsed.
-        limit = self._limit
-        end = 0
-        next_message = events.find(b"message_")
-        next_error = events.find(b"error")
-        while next_message >= 0 or next_error >= 0:
-            hit = next_error if next_message < 0 or 0 <= next_error < next_message else next_message
-            start = events.rfind(b"\n\n", end, hit)
-            start = end if start < 0 else start + 2
-            end = events.find(b"\n\n", hit)
-            if end < 0:
-                end = len(events)
-            if end - start <= limit:
-                self._event(events[start:end])
-            end += 2
-            if 0 <= next_message < end:
-                next_message = events.find(b"message_", end)
-            if 0 <= next_error < end:
-                next_error = events.find(b"error", end)
-
-    def _event(self, block: bytes) -> None:
-        """Dispatch one event: the lines between two blank lines, LF-separated."""
-        # Fast path: nearly every event opens with its `event:` line and has no second one, so its name decides
-        # whether the rest is worth reading.
-        if block.startswith(b"event:"):
-            eol = block.find(b"\n")
-            if eol < 0:
-                return  # No data line: the spec dispatches nothing.
-            name = block[6:eol]
-            if name.startswith(b" "):
-                name = name[1:]
-            if name not in _WANTED and block.find(b"\nevent", eol) < 0:
-                return
-            if name == b"message_stop" and block.find(b"\nevent", eol) < 0:
-                self.usage.finished = True  # its data says nothing more
-                return
-
-        name = b""
-        data: list[bytes] = []
-        for line in block.split(b"\n"):
-            if line.startswith(b"data"):
-                field, _, value = line.partition(b":")
-                if field != b"data":
-                    continue
-                data.append(value[1:] if value.startswith(b" ") else value)
-            elif line.startswith(b"event"):
-                field, _, value = line.partition(b":")
-                if field == b"event":
-                    name = value[1:] if value.startswith(b" ") else value
-            # Comments (`:`), `id`, `retry` and unknown fields carry nothing we read.
-        if not data:
+    def _read(self, name: bytes, payload: bytes) -> None:
+        """Read one event that may carry usage or an error."""
+        if name == b"message_stop":
+            self.usage.finished = True  # its data says nothing more
             return
-        payload = data[0] if len(data) == 1 else b"\n".join(data)
-        if name:
-            if name not in _WANTED:
-                return
-        elif not any(wanted in payload for wanted in _WANTED):
-            # No event name: peek for the type in the raw bytes before paying for a JSON decode.
-            return
-        body = _loads(payload)
+        body = loads_object(payload, replace=True)
         if body is None:
             if name == b"error":
                 # A failure the upstream could not even describe is still a failure.
@@ -374,7 +256,7 @@ class JSONMeter:
         if not body_bytes:
             return
         try:
-            body = _loads(body_bytes)
+            body = loads_object(body_bytes, replace=True)
             if body is None:
                 return
             self.usage.started = self.usage.finished = True
@@ -387,8 +269,3 @@ class JSONMeter:
                 self.usage.input_tokens = _int(body.get("input_tokens"))
         except Exception:
             logger.exception("JSON metering failed; usage for this response is incomplete")
-
-
-def new_meter(stream: bool) -> SSEMeter | JSONMeter:
-    """The meter for a response: SSE when the request asked to stream, JSON otherwise."""
-    return SSEMeter() if stream else JSONMeter()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from typing import Any
 
 import orjson
 
-from gateway.metering import to_lf
+from gateway.jsonish import dumps_clean, loads, utf8
+from gateway.sse import SSEFramer, parse
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +21,6 @@ EVENT_SLACK = 64 * 1024
 BLOCK_OVERHEAD = 128
 # A JSON body larger than this is not parsed: a Messages reply is bounded by max_tokens, far below it.
 MAX_JSON_BODY = 16 * 1024 * 1024
-
-TRUNCATION_MARKER = "[TRUNCATED]"
-# Deeper than any real message nests, and well inside what orjson serialises (254 levels).
-NESTING_LIMIT = 64
-
-_BOM = b"\xef\xbb\xbf"
 # Fields of a content block that arrive through deltas (or are bulky and opaque) rather than kept in its head.
 _STREAMED = {"text": ("text", "citations"), "thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}
 # Delta type -> (the block field it extends, the delta key holding the piece).
@@ -36,61 +29,7 @@ _DELTA_FIELDS = {
     "thinking_delta": ("thinking", "thinking"),
     "input_json_delta": ("input", "partial_json"),
 }
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _IMPLIED_KIND = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "tool_use"}
-
-
-def loads_lenient(data: bytes | bytearray | str) -> Any:
-    """Decode JSON, tolerating invalid UTF-8 and lone surrogate escapes; raises ValueError if it is not JSON."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-    try:
-        # orjson refuses the lone surrogate escapes (`"\ud83d"`) a JavaScript client produces when it cuts a string
-        # inside a pair; the standard library accepts them, and clean_text makes them storable.
-        return json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(str(exc)) from None
-
-
-def clean_text(text: str) -> str:
-    """The string with lone surrogates replaced by U+FFFD, so that it encodes and serialises."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
-
-
-def utf8(text: str) -> bytes:
-    """UTF-8 bytes of a string, lone surrogates replaced rather than refused."""
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text).encode()
-
-
-def clean_json(value: Any, depth: int = 0) -> Any:
-    """A copy that serialises: lone surrogates replaced, nesting beyond any real message cut to a marker."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if depth > NESTING_LIMIT:
-        return TRUNCATION_MARKER
-    if isinstance(value, list | tuple):
-        return [clean_json(item, depth + 1) for item in value]
-    if isinstance(value, dict):
-        return {clean_text(str(key)): clean_json(item, depth + 1) for key, item in value.items()}
-    return value
-
-
-def dumps(value: Any) -> bytes:
-    """Serialise JSON-ready data, cleaning it first if it does not serialise as it is."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except orjson.JSONEncodeError:
-        return orjson.dumps(clean_json(value), option=orjson.OPT_NON_STR_KEYS)
 
 
 def _str(value: object) -> str | None:
@@ -150,11 +89,7 @@ class ResponseAssembler:
         "_dropped",
         "_received",
         "_blocks",
-        "_buf",
-        "_scan_from",
-        "_last_cr",
-        "_skipping",
-        "_started",
+        "_framer",
         "_finished",
         "_message_id",
         "_model",
@@ -172,15 +107,7 @@ class ResponseAssembler:
         self._dropped = 0
         self._received = 0
         self._blocks: dict[int, _Block] = {}
-        # Pending bytes with line endings already normalised to LF, starting at an event boundary.
-        self._buf = bytearray()
-        # Where to resume looking for a blank line, so a large event arriving in small chunks is scanned once.
-        self._scan_from = 0
-        # The previous chunk ended in CR: a LF opening this chunk is the second half of a CRLF.
-        self._last_cr = False
-        # Inside an event too large to hold: drop bytes until the blank line that ends it.
-        self._skipping = False
-        self._started = False
+        self._framer = SSEFramer(self._cap + EVENT_SLACK)
         self._finished = False
         self._message_id: str | None = None
         self._model: str | None = None
@@ -242,100 +169,43 @@ class ResponseAssembler:
         # Capture rides beside the relay and must never break it: stop capturing this response instead.
         logger.exception("response capture failed; the capture of this response is incomplete")
         self._failure = f"{type(exc).__name__}: {exc}"[:500]
-        self._buf = bytearray()
+        self._framer.finish()  # lets go of pending bytes
 
     def _finish(self) -> None:
         """End of stream: dispatch a trailing event that lacks its final blank line."""
         if self._finished:
             return
         self._finished = True
-        if self._failure is None and not self._skipping and self._buf.strip(b"\n"):
-            self._events(self._buf, len(self._buf))
-        self._buf = bytearray()
+        blocks = self._framer.finish()
+        if self._failure is None:
+            for block in blocks:
+                self._event(block)
 
-    # SSE framing
+    # Events
 
     def _feed(self, chunk: bytes) -> None:
-        chunk, self._last_cr = to_lf(chunk, self._last_cr)
-        buf = self._buf
-        if not buf and not self._skipping and chunk.endswith(b"\n\n"):
-            # The usual case: the chunk holds whole events and nothing is pending, so nothing is copied.
-            self._events(chunk, len(chunk) - 2)
-            return
-        buf += chunk
-
-        if self._skipping:
-            end = buf.find(b"\n\n", self._scan_from)
-            if end < 0:
-                # Keep only a trailing LF: it may be the first half of the blank line that ends the event.
-                self._dropped += len(buf) - 1
-                del buf[: len(buf) - 1]
-                self._scan_from = 0
-                return
-            self._dropped += end
-            del buf[: end + 2]
-            self._skipping = False
-            self._scan_from = 0
-
-        end = buf.rfind(b"\n\n", self._scan_from)
-        if end >= 0:
-            self._events(buf, end)
-            del buf[: end + 2]
-        if len(buf) > self._cap - self._stored + EVENT_SLACK:
-            # This event could not be stored: skip it rather than hold it.
-            self._skipping = True
+        framer = self._framer
+        # An event larger than the room left (plus slack) could not be stored: the framer skips it unheld.
+        framer.limit = self._cap - self._stored + EVENT_SLACK
+        for block in framer.feed(chunk):
+            self._event(block)
+        if framer.dropped:
             self._truncated = True
-            self._dropped += len(buf) - 1
-            del buf[: len(buf) - 1]
-            self._scan_from = 0
-        elif buf:
-            self._scan_from = len(buf) - 1
-        else:
-            self._scan_from = 0
+            self._dropped += framer.dropped
+            framer.dropped = 0
 
-    def _events(self, data: bytes | bytearray, end: int) -> None:
-        """Dispatch the complete events in `data[:end]`, separated by blank lines, one slice at a time."""
-        start = 0
-        if not self._started:
-            self._started = True
-            if data.startswith(_BOM):
-                start = 3
-        while start < end:
-            stop = data.find(b"\n\n", start, end)
-            if stop < 0:
-                stop = end
-            if stop > start:
-                self._event(data[start:stop])
-            start = stop + 2
-
-    def _event(self, block: bytes | bytearray) -> None:
-        """Dispatch one event: its lines, LF-separated."""
-        name: bytes | bytearray = b""
-        payload: bytes | bytearray | None = None
-        # Fast path for the shape Anthropic sends: `event: NAME\ndata: JSON`.
-        if block.startswith(b"event:"):
-            eol = block.find(b"\n")
-            if eol > 0 and block.startswith(b"data:", eol + 1) and block.find(b"\n", eol + 1) < 0:
-                name = block[6:eol].strip(b" ")
-                payload = block[eol + 6 :]
-        if payload is None:
-            data: list[bytes | bytearray] = []
-            for line in block.split(b"\n"):
-                field, _, value = line.partition(b":")
-                if field == b"data":
-                    data.append(value[1:] if value.startswith(b" ") else value)
-                elif field == b"event":
-                    name = value.strip(b" ")
-            if not data:
-                return  # Comments and keep-alives; the spec dispatches nothing without data.
-            payload = b"\n".join(data)
-        elif payload.startswith(b" "):
-            payload = payload[1:]
+    def _event(self, block: bytes) -> None:
+        """Dispatch one event by its name, or by its JSON type when it has none."""
+        event = parse(block)
+        if event is None:
+            return  # Comments and keep-alives; the spec dispatches nothing without data.
+        name, payload = event
         try:
+            # orjson first, without the lenient reader's call, since every event of a reply passes here.
             body = orjson.loads(payload)
         except orjson.JSONDecodeError:
             try:
-                body = loads_lenient(payload)
+                body = loads(payload, replace=True)
             except ValueError:
                 body = None
         if not isinstance(body, dict):
@@ -378,7 +248,7 @@ class ResponseAssembler:
             self._dropped += len(body)
             return
         try:
-            message = loads_lenient(body)
+            message = loads(body, replace=True)
         except ValueError:
             self._error = {"type": "invalid_json", "message": body[:500].decode("utf-8", "replace")}
             return
@@ -412,13 +282,13 @@ class ResponseAssembler:
             # Encrypted, so useless to an auditor; its size says that it was there.
             data = content_block.get("data")
             head["data_bytes"] = len(data) if isinstance(data, str) else 0
-        encoded = dumps(head)
+        encoded = dumps_clean(head)
         initial = b""
         if kind in ("text", "thinking"):
             text = content_block.get(kind)
             initial = utf8(text) if isinstance(text, str) else b""
         elif initial_input:
-            initial = dumps(initial_input)
+            initial = dumps_clean(initial_input)
         if self._truncated or len(encoded) + BLOCK_OVERHEAD > self._cap - self._stored:
             self._truncated = True
             self._dropped += len(encoded) + len(initial)
@@ -491,7 +361,7 @@ class ResponseAssembler:
     def _cite(self, block: _Block, citation: object) -> None:
         if not isinstance(citation, dict):
             return
-        encoded = dumps(citation)
+        encoded = dumps_clean(citation)
         if self._truncated or len(encoded) + 1 > self._cap - self._stored:
             self._truncated = True
             self._dropped += len(encoded)

@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Any
 
 from gateway.audit.record import rfc3339
-from gateway.capture.assemble import ResponseAssembler, dumps
+from gateway.capture.assemble import ResponseAssembler
 from gateway.capture.levels import CaptureLevel
 from gateway.capture.redact import Redactor
 from gateway.capture.summary import capture_request, summarise_request
+from gateway.jsonish import dumps_clean
 
 logger = logging.getLogger("gateway.capture")
 
@@ -104,5 +105,5 @@ def _redacted_json(value: Any, redactor: Redactor, counts: dict[str, int]) -> st
     redacted, found = redactor.redact_json(value)
     for name, count in found.items():
         counts[name] = counts.get(name, 0) + count
-    return dumps(redacted).decode()
+    return dumps_clean(redacted).decode()
 

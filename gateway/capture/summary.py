@@ -10,15 +10,8 @@ from typing import Any
 
 import orjson
 
-from gateway.capture.assemble import (
-    DEFAULT_CAP_BYTES,
-    NESTING_LIMIT,
-    TRUNCATION_MARKER,
-    clean_json,
-    clean_text,
-    loads_lenient,
-    utf8,
-)
+from gateway.capture.assemble import DEFAULT_CAP_BYTES
+from gateway.jsonish import NESTING_LIMIT, TRUNCATION_MARKER, clean_json, clean_text, loads, utf8
 
 # Anthropic accepts request bodies up to 32 MB; beyond twice that nothing is parsed (the proxy's own body limit
 # normally stops such a request first).
@@ -36,7 +29,7 @@ def _parse(body: object, max_bytes: int) -> tuple[dict[str, Any] | None, str | N
     if len(body) > max_bytes:
         return None, f"request body of {len(body)} bytes is larger than {max_bytes}; not parsed"
     try:
-        value = loads_lenient(bytes(body))
+        value = loads(bytes(body), replace=True)
     except ValueError as exc:
         return None, f"request body is not valid JSON: {exc}"[:500]
     if not isinstance(value, dict):

@@ -14,9 +14,10 @@ from google.api_core import exceptions as api
 from gateway.admin import export, query
 from gateway.admin.replay import distinct_rows, replay
 from gateway.audit.bigquery import TableRef, make_client
-from gateway.audit.content_schema import CONTENT_TABLE, default_content_sink
+from gateway.audit.kind import AUDIT_ROWS
 from gateway.audit.sinks import SinkConfigError, check_sink_url, open_sink
 from gateway.audit.spill import load_rows
+from gateway.capture.schema import CONTENT_ROWS, CONTENT_TABLE, default_content_sink
 from gateway.cli.output import CLIError, note, say
 from gateway.cli.settings import load_settings
 from gateway.config import Settings
@@ -78,7 +79,7 @@ def cmd_audit_summary(args: argparse.Namespace) -> int:
 def cmd_audit_replay(args: argparse.Namespace) -> int:
     settings = load_settings(dev_mode=True)
     try:
-        rows, skipped = load_rows(args.file, "audit_content_fallback" if args.content else "audit_fallback")
+        rows, skipped = load_rows(args.file, CONTENT_ROWS if args.content else AUDIT_ROWS)
     except (OSError, ValueError) as exc:
         raise CLIError(f"cannot read {args.file}: {exc}") from None
     unique = distinct_rows(rows)

@@ -10,9 +10,9 @@ import requests
 
 from gateway.admin import bq_admin
 from gateway.audit.bigquery import TableRef, make_client
-from gateway.audit.content_schema import content_schema_json, default_content_sink
 from gateway.audit.schema import bigquery_schema_json
 from gateway.audit.sinks import SinkConfigError
+from gateway.capture.schema import content_schema_json, default_content_sink
 from gateway.cli.output import CLIError, say
 from gateway.cli.settings import load_settings
 from gateway.config import Settings

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.capture.levels import CaptureLevel
+from gateway.globs import compile_glob
 from gateway.identity import fold_case
 
 LIMIT_FIELDS = (
@@ -45,8 +46,7 @@ class ModelPattern:
                 f"invalid model pattern {text!r}: {bad!r} is not allowed "
                 "(use letters, digits, . _ @ : / - and the wildcards * and ?)"
             )
-        body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text.lower())
-        return cls(text, re.compile(body))
+        return cls(text, compile_glob(text))
 
     def matches(self, model: str) -> bool:
         return self.regex.fullmatch(model.lower()) is not None

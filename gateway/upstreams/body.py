@@ -3,11 +3,9 @@ and written back as the upstream would take them, with bad JSON a 400 and never 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
-
+from gateway import jsonish
 from gateway.errors import GatewayError
 
 
@@ -15,21 +13,10 @@ def loads_object(body: bytes) -> dict[str, Any]:
     """The JSON object a request body holds, or a 400. Like the proxy, this accepts what only the standard library
     reads: a lone surrogate escape (`"\\ud83d"`, a string a JavaScript client cut mid-emoji), a 65-bit integer."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            raise GatewayError(400, f"Request body is not valid JSON: {exc}", outcome="bad_request") from None
+        data = jsonish.loads(body)
+    except ValueError as exc:
+        raise GatewayError(400, f"Request body is not valid JSON: {exc}", outcome="bad_request") from None
     if not isinstance(data, dict):
         raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
     return data
 
-
-def dumps(data: dict[str, Any]) -> bytes:
-    """The object as compact JSON; what orjson cannot write (a lone surrogate, a 65-bit integer) is written by the
-    standard library, as the same escape and digits it was read from."""
-    try:
-        return orjson.dumps(data)
-    except orjson.JSONEncodeError:
-        return json.dumps(data, separators=(",", ":")).encode()

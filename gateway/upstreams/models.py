@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from gateway.globs import compile_glob
+
 PACKAGED = "gateway/data/models.json (packaged default)"
 
 _DATED = re.compile(r"^(?P<base>.+)-(?P<date>\d{8})$")
@@ -87,10 +89,7 @@ class ModelTable:
 def model_filter(allowed: Iterable[object]) -> Callable[[str], bool]:
     """A test for model ids from an allow-list of ids or patterns (`*` any run, `?` one character), case-blind,
     as the policy file writes them; items are read with `str()`, so pattern objects work too."""
-    regexes = [
-        re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in str(item).lower()))
-        for item in allowed
-    ]
+    regexes = [compile_glob(str(item)) for item in allowed]
     return lambda model: any(r.fullmatch(model.lower()) for r in regexes)
 
 

@@ -10,8 +10,9 @@ from typing import Protocol
 import orjson
 
 from gateway.errors import GatewayError, error_body
+from gateway.jsonish import dumps
 from gateway.upstreams.base import UpstreamCall, UpstreamError
-from gateway.upstreams.body import dumps, loads_object
+from gateway.upstreams.body import loads_object
 from gateway.upstreams.models import ModelTable
 from gateway.upstreams.transport import UpstreamRequest
 

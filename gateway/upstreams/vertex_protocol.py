@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.upstreams.body import dumps, loads_object
+from gateway.jsonish import dumps
+from gateway.upstreams.body import loads_object
 from gateway.upstreams.models import ModelTable
 
 # `ANTHROPIC_VERTEX_BASE_URL` normally ends in `/v1`, as Google's does; without it the paths still match.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.metering import JSONMeter, SSEMeter, Usage, new_meter
+from gateway.metering import JSONMeter, SSEMeter, Usage
 
 MESSAGE_ID = "msg_01XFDUDYJgAACzvnptvVoYEL"
 MODEL = "claude-sonnet-4-5-20250929"
@@ -449,11 +449,6 @@ def test_json_garbage_never_raises(body: bytes) -> None:
     json_meter(body)
 
 
-def test_new_meter_reads_sse_when_streaming_and_json_otherwise() -> None:
-    assert isinstance(new_meter(True), SSEMeter)
-    assert isinstance(new_meter(False), JSONMeter)
-
-
 @pytest.mark.parametrize("named", [True, False], ids=["named", "unnamed"])
 def test_a_stream_is_started_at_message_start_and_finished_only_at_message_stop(named: bool) -> None:
     whole = reply(named=named)
@@ -469,3 +464,9 @@ def test_a_stream_is_started_at_message_start_and_finished_only_at_message_stop(
     assert (complete.started, complete.finished) == (True, True)
     assert (truncated.usage.started, truncated.usage.finished) == (True, False)
     assert (garbage.usage.started, garbage.usage.finished) == (False, False)
+
+
+def test_a_lone_surrogate_escape_is_read_and_stored_writable() -> None:
+    error = b'{"type": "error", "error": {"type": "api_error", "message": "half \\ud83d an emoji"}}'
+    usage = meter(b"event: error\ndata: " + error + b"\n\n")
+    assert (usage.error_type, usage.error_message) == ("api_error", "half \ufffd an emoji")
