@@ -37,8 +37,13 @@ HEADERS = [
 
 
 def options() -> dict[str, Any]:
-    return {"connect_timeout": 5.0, "read_timeout": 30.0, "write_timeout": 30.0, "pool_timeout": 30.0,
-            "max_connections": 100}
+    return {
+        "connect_timeout": 5.0,
+        "read_timeout": 30.0,
+        "write_timeout": 30.0,
+        "pool_timeout": 30.0,
+        "max_connections": 100,
+    }
 
 
 async def one(client: UpstreamTransport | H1Transport, request: UpstreamRequest, expect: int) -> None:
@@ -53,8 +58,9 @@ async def one(client: UpstreamTransport | H1Transport, request: UpstreamRequest,
         await response.aclose()
 
 
-async def measure(client: UpstreamTransport | H1Transport, request: UpstreamRequest, expect: int,
-                  requests: int, concurrency: int) -> float:
+async def measure(
+    client: UpstreamTransport | H1Transport, request: UpstreamRequest, expect: int, requests: int, concurrency: int
+) -> float:
     """CPU microseconds per request, `concurrency` requests in flight."""
 
     async def worker(count: int) -> None:
@@ -94,8 +100,9 @@ def main() -> None:
 
     body_bytes = Reply(args.deltas, 0.0, b"{}").body_bytes
     port = procs.free_port()
-    upstream = subprocess.Popen([sys.executable, "-m", "bench.upstream", "--port", str(port),
-                                 "--deltas", str(args.deltas)])
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "bench.upstream", "--port", str(port), "--deltas", str(args.deltas)]
+    )
     try:
         deadline = time.monotonic() + 20
         while True:

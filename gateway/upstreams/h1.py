@@ -3,7 +3,7 @@ keep-alive connections per origin.
 
 It does what the relay needs and nothing else: no proxies from the environment, no cookies, no redirects, no
 decompression. Per request it allocates the request head, one response object and the body chunks; no tasks, no
-timeout objects beyond one loop timer per wait.
+timeout objects (one loop timer per connection is moved only when it would fire late).
 
 Retries: a request is sent again once, on a new connection, only when the connection had served an earlier
 request (it came from the pool), not one byte of the reply arrived, and the server closed or reset the connection
@@ -110,6 +110,11 @@ class _Connection(asyncio.Protocol):
         "error",
         "waiter",
         "written_at",
+        "loop",
+        "last_read",
+        "wait_since",
+        "wait_timeout",
+        "timer",
     )
 
     def __init__(self, pool: H1Transport, origin: Origin) -> None:
@@ -126,6 +131,11 @@ class _Connection(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.waiter: asyncio.Future[bool] | None = None
+        self.loop = pool._loop
+        self.last_read = 0.0
+        self.wait_since = 0.0
+        self.wait_timeout = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self._reset(head_request=False)
         self.active = False
 
@@ -175,6 +185,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -231,16 +242,34 @@ class _Connection(asyncio.Protocol):
     # used by the pool and the response
 
     async def wait(self, timeout: float) -> bool:
-        """Until the protocol has news (True when `timeout` passed first)."""
-        loop = self._pool._loop
+        """Until the protocol has news (True when nothing was read for `timeout`, counted from now at the least)."""
+        loop = self.loop
         waiter: asyncio.Future[bool] = loop.create_future()
         self.waiter = waiter
-        timer = loop.call_later(timeout, _expire, waiter)
+        self.wait_since = now = loop.time()
+        self.wait_timeout = timeout
+        # One timer serves many waits: it is moved only when it would fire late, and re-armed from `_silence`.
+        timer = self.timer
+        if timer is None or timer.when() > now + timeout:
+            if timer is not None:
+                timer.cancel()
+            self.timer = loop.call_at(now + timeout, self._silence)
         try:
             return await waiter
         finally:
-            timer.cancel()
             self.waiter = None
+
+    def _silence(self) -> None:
+        """The timer: times the waiter out if nothing was read for its timeout, otherwise looks again later."""
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms the timer again
+        due = max(self.last_read, self.wait_since) + self.wait_timeout
+        if self.loop.time() >= due:
+            waiter.set_result(True)
+        else:
+            self.timer = self.loop.call_at(due, self._silence)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -267,6 +296,9 @@ class _Connection(asyncio.Protocol):
 
     def _closed(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.counted:
             self.counted = False
             self._pool._forget()
@@ -456,7 +488,7 @@ class H1Transport:
             transport.write(head + body if body else head)
         while conn.write_paused and not conn.head_done and conn.error is None:
             if await conn.wait(self._write_timeout):
-                raise WriteTimeout(f"upstream took none of the request body for {self._write_timeout:g}s")
+                raise WriteTimeout(f"upstream stopped taking the request body (nothing for {self._write_timeout:g}s)")
         while not conn.head_done:
             if conn.error is not None:
                 raise conn.error

@@ -284,6 +284,19 @@ def test_server_silent_mid_body_is_a_read_timeout() -> None:
     run(main())
 
 
+def test_read_timeout_is_the_longest_silence_not_the_whole_reply() -> None:
+    pieces = [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"] + [b"1\r\nx\r\n"] * 5 + [b"0\r\n\r\n"]
+
+    async def main() -> None:
+        async with Server(reply_with(*pieces, pause=0.15)) as server:
+            upstream = client(read_timeout=0.4)
+            response = await upstream.send(post(server.url))
+            assert await response.aread() == b"xxxxx"  # ~0.9 s in all, never 0.4 s without a byte
+            await upstream.aclose()
+
+    run(main())
+
+
 def test_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
