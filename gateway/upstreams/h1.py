@@ -321,6 +321,12 @@ class H1Response:
         self._conn: _Connection | None = conn
         self._pool = pool
 
+    def __del__(self) -> None:
+        # A reply dropped unread must still give its connection's slot back (and stop the upstream).
+        conn = self._conn
+        if conn is not None and not conn.loop.is_closed():
+            conn.close()
+
     @property
     def headers(self) -> CIMultiDictProxy[str]:
         """The headers, latin-1 decoded, looked up case-insensitively (built on first use)."""

@@ -297,6 +297,21 @@ def test_read_timeout_is_the_longest_silence_not_the_whole_reply() -> None:
     run(main())
 
 
+def test_tls_handshake_that_never_ends_is_a_connect_timeout() -> None:
+    async def main() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()  # the TCP connection opens; no TLS reply ever comes
+            upstream = client(connect_timeout=0.3)
+            started = time.monotonic()
+            with pytest.raises(ConnectTimeout, match="within 0.3s"):
+                await upstream.send(post(f"https://127.0.0.1:{listener.getsockname()[1]}/v1/messages"))
+            assert time.monotonic() - started < 2
+            await upstream.aclose()
+
+    run(main())
+
+
 def test_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -445,6 +460,30 @@ def test_no_content_reply_has_an_empty_body_and_keeps_the_connection() -> None:
                 assert await response.aread() == b""
             await upstream.aclose()
         assert server.connections == 1
+
+    run(main())
+
+
+def test_head_reply_has_no_body() -> None:
+    async def main() -> None:
+        async with Server(reply_with(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")) as server:
+            upstream = client()
+            response = await upstream.send(UpstreamRequest("HEAD", server.url, []))
+            assert response.headers["content-length"] == "5"
+            assert await response.aread() == b""
+            await upstream.aclose()
+
+    run(main())
+
+
+def test_reply_dropped_unread_frees_its_connection() -> None:
+    async def main() -> None:
+        async with Server(reply_with(OK_HELLO)) as server:
+            upstream = client(max_connections=1, pool_timeout=0.5)
+            await upstream.send(post(server.url))  # never read, never closed
+            response = await upstream.send(post(server.url))
+            assert await response.aread() == b"hello"
+            await upstream.aclose()
 
     run(main())
 
