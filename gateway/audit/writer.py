@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.audit.record import AuditRecord, rfc3339
-from gateway.audit.sinks import AuditSink, BatchRefused, RowsRejected, SinkServerError, open_sink
+from gateway.audit.sink_base import AuditSink, BatchRefused, RowsRejected, SinkServerError
+from gateway.audit.sinks import open_sink
 from gateway.audit.spill import Spill, default_spill_dir
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from gateway.audit.record import AuditRecord
-from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
+from gateway.audit.sink_base import RowsRejected, SinkServerError, SinkUnavailable
 from gateway.audit.spill import Spill, load_rows
 from gateway.audit.writer import AuditWriter
 from tests.gateway.conftest import Stack
