@@ -20,6 +20,7 @@ from gateway.capture.assemble import MAX_JSON_BODY, ResponseAssembler
 from gateway.capture.patterns import load_redactor
 from gateway.capture.redact import Redactor
 from gateway.capture.rows import CaptureJob, content_rows, ready, start_worker, worker_rows
+from gateway.endpoints import Endpoint
 
 if TYPE_CHECKING:
     from gateway.audit.writer import AuditWriter
@@ -30,7 +31,7 @@ logger = logging.getLogger("gateway.capture")
 NONE, METADATA, FULL = "none", "metadata+", "full"
 # Only Messages requests are captured: they carry the prompts and produce the responses. `count_tokens` sends the
 # same prompt a moment before its Messages request does, and `/v1/models` sends none.
-CAPTURED_PATH = "/v1/messages"
+CAPTURED_PATH = Endpoint.MESSAGES
 # Captures go to the worker in batches: one hand-over per batch rather than per capture.
 BATCH_SIZE = 32
 # A batch of `metadata+` captures with this many request bytes in all is built on the event loop itself (about
