@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
-from gateway.audit.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.audit.metrics import prometheus_text
 from gateway.config import Settings
 from gateway.endpoints import Endpoint, is_probe
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import prometheus_text
 from gateway.proxy import GatewayEndpoint
 from gateway.resources import Resources
 from gateway.trail import STREAM_RESERVE

@@ -13,13 +13,13 @@ import anyio
 import orjson
 
 from gateway.audit.record import AuditRecord
-from gateway.budget import usage_body
 from gateway.endpoints import Endpoint
 from gateway.errors import GatewayError, error_body
 from gateway.identity import Principal
 from gateway.intake import BodyLease, read_body
 from gateway.managed_settings import settings_for
 from gateway.policy import PolicyRefusal, RequestFacts
+from gateway.policy.budget import usage_body
 from gateway.policy.counters import CountersUnavailable
 from gateway.telemetry import otlp
 

@@ -12,7 +12,6 @@ import anyio
 from gateway import endpoints, protocol_routes
 from gateway.access_log import log_access
 from gateway.audit.record import SHUTDOWN, AuditRecord
-from gateway.budget import BudgetHeaders
 from gateway.endpoints import Endpoint
 from gateway.errors import GatewayError, error_body
 from gateway.headers import client_response_headers, upstream_request_headers
@@ -21,6 +20,7 @@ from gateway.intake import BodyLease, ParsedBody, iap_assertion, new_record, par
 from gateway.metering import ESTIMATE_BYTES_PER_INPUT_TOKEN, JSONMeter, SSEMeter, Usage
 from gateway.models import models_listing
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
+from gateway.policy.budget import BudgetHeaders
 from gateway.pricing import PriceTable
 from gateway.relay_errors import SHUTTING_DOWN, shutdown_error, sse_error, unavailable, unfinished, upstream_failure
 from gateway.upstreams.base import UpstreamCall, UpstreamUnavailable

@@ -10,7 +10,6 @@ import httpx
 from gateway import __version__
 from gateway.audit.sink_base import SinkConfigError
 from gateway.audit.writer import AuditWriter
-from gateway.budget import BudgetHeaders
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
 from gateway.endpoints import Endpoint
@@ -18,6 +17,7 @@ from gateway.identity import IAPKeys, IAPVerifier
 from gateway.intake import BodyAllowance
 from gateway.models import ModelTable
 from gateway.policy.base import AccessPolicy, AllowAll, RequestFacts
+from gateway.policy.budget import BudgetHeaders
 from gateway.policy.engine import GroupPolicy
 from gateway.policy.factory import counters, group_resolver
 from gateway.policy.loader import load_policy

@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
-from gateway.budget import Cap, ThresholdAnnouncer, billing_refusal, format_usd
 from gateway.endpoints import Endpoint
 from gateway.identity import Principal, fold_case
 from gateway.metering import Usage
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
+from gateway.policy.budget import Cap, ThresholdAnnouncer, billing_refusal, format_usd
 from gateway.policy.counters import (
     MICROS,
     Counters,
