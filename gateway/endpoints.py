@@ -69,6 +69,10 @@ class Route:
     model: str | None = None
 
 
+# Built once: matching a fixed path is one dictionary look-up.
+_FIXED = {path: Route(Endpoint(path)) for path in _METHODS}
+
+
 def is_probe(method: str, path: str) -> bool:
     """A probe or the metrics scrape, which the app answers itself without an audit row."""
     return path in PROBES and method in _PROBE_METHODS
@@ -76,10 +80,9 @@ def is_probe(method: str, path: str) -> bool:
 
 def match(method: str, path: str) -> Route:
     """The endpoint a request is for; GatewayError 404 for an unknown path, 405 for a path taken another way."""
-    expected = _METHODS.get(path)
-    route: Route | None
-    if expected is not None:
-        route = Route(Endpoint(path))
+    route = _FIXED.get(path)
+    if route is not None:
+        expected = _METHODS[path]
     else:
         route, expected = _match_vertex(path), _VERTEX_METHOD
     if route is None:
