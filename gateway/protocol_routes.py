@@ -18,7 +18,7 @@ from gateway.errors import GatewayError, error_body
 from gateway.identity import Principal
 from gateway.intake import BodyLease, read_body
 from gateway.managed_settings import settings_for
-from gateway.policy import PolicyRefusal, RequestFacts
+from gateway.policy.base import PolicyRefusal, RequestFacts
 from gateway.policy.budget import usage_body
 from gateway.policy.counters import CountersUnavailable
 from gateway.telemetry import otlp
