@@ -100,7 +100,7 @@ async def _telemetry(gateway: Resources, scope: dict[str, Any], receive: Any, re
         rows = await anyio.to_thread.run_sync(decode)
     except otlp.OTLPError as exc:
         raise GatewayError(400, f"Malformed OTLP export: {exc}", outcome="bad_request") from None
-    writer = gateway.telemetry
+    writer = gateway.trail.telemetry
     if writer is not None:  # None: the table is missing (logged at start-up); the protocol still wants a 200
         for row in rows:
             writer.submit(row)

@@ -44,10 +44,7 @@ class Resources:
     transport: UpstreamTransport
     verifier: IAPVerifier
     trail: AuditTrail
-    """Where each request's audit row goes; it also orders the shutdown."""
-    telemetry: AuditWriter | None
-    """Claude Code's OpenTelemetry, stamped with the verified sender, to the telemetry table; None while that
-    table is missing (exports are then answered and dropped: inference never depends on it)."""
+    """The writers of audit rows, content and telemetry; it also orders the shutdown."""
     upstreams: UpstreamRouter
     models: ModelTable
     policy: AccessPolicy
@@ -60,7 +57,6 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bodies = BodyAllowance(settings.max_inflight_body_bytes, settings.max_inflight_body_bytes_per_user)
-        self.telemetry = None
         self.group_policy = None
 
     def begin_shutdown(self, signalled_at: float | None = None) -> None:
@@ -111,16 +107,10 @@ class Resources:
         )
         self.upstreams = await open_upstreams(settings, self.models)
         await writer.start()
-        try:
-            await telemetry.start()
-            self.telemetry = telemetry
-        except SinkConfigError as exc:
-            self.telemetry = None
-            logger.error("telemetry table unusable, so Claude Code's telemetry is answered and dropped (create the "
-                         "table with `claude-gateway bq init` or Terraform, then restart): %s", exc)
+        started_telemetry = await _start_telemetry(telemetry)
         if capture is not None:
             await capture.start()
-        self.trail = AuditTrail(settings, writer, capture, self.telemetry)
+        self.trail = AuditTrail(settings, writer, capture, started_telemetry)
         # Last, so a start-up that fails earlier leaves no aiohttp session unclosed.
         self.transport = UpstreamTransport.from_settings(settings)
         logger.info(
@@ -142,6 +132,17 @@ class Resources:
         await self.transport.aclose()
         await self.client.aclose()
         logger.info("gateway stopped: %s", trail.writer.counters)
+
+
+async def _start_telemetry(writer: AuditWriter) -> AuditWriter | None:
+    """The telemetry writer, started; None (and logged) while its table is unusable."""
+    try:
+        await writer.start()
+    except SinkConfigError as exc:
+        logger.error("telemetry table unusable, so Claude Code's telemetry is answered and dropped (create the "
+                     "table with `claude-gateway bq init` or Terraform, then restart): %s", exc)
+        return None
+    return writer
 
 
 async def open_policy(settings: Settings, policy: Policy | None) -> GroupPolicy | None:

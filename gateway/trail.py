@@ -50,6 +50,8 @@ class AuditTrail:
         self.capture = capture
         """Prompt capture, when a policy rule asks for it; None otherwise (and the relay does no capture work)."""
         self.telemetry = telemetry
+        """Claude Code's OpenTelemetry, stamped with the verified sender, to the telemetry table; None while that
+        table is missing (exports are then answered and dropped: inference never depends on it)."""
         self.relays = set()
         self.in_flight = 0
         self.stopping_at = None
