@@ -8,10 +8,22 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gateway.upstreams.vertex import DEFAULT_BETAS as VERTEX_BETAS
-
 IAP_CERTS_URL = "https://www.gstatic.com/iap/verify/public_key"
 ANTHROPIC_URL = "https://api.anthropic.com"
+# `anthropic-beta` values Vertex AI accepts on messages. Vertex answers 400 ("Unexpected value(s) ... for the
+# `anthropic-beta` header") for the whole request when one is unknown to it, so the others are dropped instead.
+# Collected from Vertex's Claude feature pages and public integration tables (LiteLLM's per-provider beta map),
+# not from a live project: override with GATEWAY_VERTEX_BETAS.
+VERTEX_BETAS: tuple[str, ...] = (
+    "interleaved-thinking-2025-05-14",
+    "context-management-2025-06-27",
+    "context-1m-2025-08-07",
+    "computer-use-2025-01-24",
+    "computer-use-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "web-search-2025-03-05",
+    "compact-2026-01-12",
+)
 
 CommaList = Annotated[list[str], NoDecode]
 _UPSTREAM_NAME = re.compile(r"^(anthropic|vertex(:[a-z0-9-]+)?)$")

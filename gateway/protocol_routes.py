@@ -13,26 +13,21 @@ import anyio
 import orjson
 
 from gateway.audit.record import AuditRecord
-from gateway.budget import usage_body
+from gateway.endpoints import Endpoint
 from gateway.errors import GatewayError, error_body
 from gateway.identity import Principal
 from gateway.intake import BodyLease, read_body
 from gateway.managed_settings import settings_for
-from gateway.policy import PolicyRefusal, RequestFacts
+from gateway.policy.base import PolicyRefusal, RequestFacts
+from gateway.policy.budget import usage_body
 from gateway.policy.counters import CountersUnavailable
-from gateway.policy.engine import GroupPolicy
 from gateway.telemetry import otlp
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.resources import Resources
 
 logger = logging.getLogger("gateway.protocol")
 
-MANAGED_SETTINGS = "/managed/settings"
-USAGE = "/api/oauth/usage"
-TELEMETRY = frozenset(otlp.SIGNALS)
-# Each path and the method it takes.
-PROTOCOL_ROUTES: dict[str, str] = {MANAGED_SETTINGS: "GET", USAGE: "GET", **dict.fromkeys(sorted(TELEMETRY), "POST")}
 # An OTLP export is small (Claude Code batches at most 512 records, ~350 KB as JSON); beyond this, compressed or
 # not, it is refused (413). It also bounds the decoding: protobuf's JSON reader is pure Python (~0.3 s per MiB).
 MAX_TELEMETRY_BYTES = 2 * 1024 * 1024
@@ -46,31 +41,26 @@ class Reply:
     body: bytes = b""
 
 
-async def answer(gateway: Gateway, scope: dict[str, Any], receive: Any, record: AuditRecord,
+async def answer(gateway: Resources, endpoint: Endpoint, scope: dict[str, Any], receive: Any, record: AuditRecord,
                  principal: Principal, lease: BodyLease) -> Reply:
     """The reply to a gateway-protocol request; GatewayError for a refusal or bad input."""
-    path, method = record.path, record.method
-    expected = PROTOCOL_ROUTES[path]
-    if method != expected:
-        raise GatewayError(405, f"Method {method} not allowed on {path}; use {expected}.", outcome="bad_request",
-                           headers={"allow": expected})
-    facts = RequestFacts(principal=principal, path=path, model=None, max_tokens=None, stream=False)
+    facts = RequestFacts(principal=principal, path=endpoint, model=None, max_tokens=None, stream=False)
     try:
         admission = await gateway.policy.admit(facts)
     except PolicyRefusal as refusal:
         record.groups, record.policy_rule = list(refusal.groups), refusal.rule
         raise
     record.groups, record.policy_rule, record.cost_usd = list(admission.groups), admission.rule, 0.0
-    if path == MANAGED_SETTINGS:
+    if endpoint is Endpoint.MANAGED_SETTINGS:
         return _managed_settings(gateway, principal, _header(scope, b"if-none-match"))
-    if path == USAGE:
+    if endpoint is Endpoint.USAGE:
         return await _usage(gateway, principal)
     return await _telemetry(gateway, scope, receive, record, tuple(admission.groups), lease)
 
 
-def _managed_settings(gateway: Gateway, principal: Principal, if_none_match: str | None) -> Reply:
-    policy = gateway.policy
-    settings = settings_for(policy.policy, policy.decide(principal.email)) if isinstance(policy, GroupPolicy) else None
+def _managed_settings(gateway: Resources, principal: Principal, if_none_match: str | None) -> Reply:
+    policy = gateway.group_policy
+    settings = None if policy is None else settings_for(policy.policy, policy.decide(principal.email))
     if settings is None:
         message = f"No managed settings for {principal.email}: the access policy sets none."
         return Reply(404, [(b"content-type", _JSON)], error_body(404, message))
@@ -80,18 +70,18 @@ def _managed_settings(gateway: Gateway, principal: Principal, if_none_match: str
     return Reply(200, [(b"content-type", _JSON), *headers], settings.body())
 
 
-async def _usage(gateway: Gateway, principal: Principal) -> Reply:
+async def _usage(gateway: Resources, principal: Principal) -> Reply:
     caps = []
-    if isinstance(gateway.policy, GroupPolicy):
+    if gateway.group_policy is not None:
         try:
-            caps = await gateway.policy.budget_caps(principal.email)
+            caps = await gateway.group_policy.budget_caps(principal.email)
         except CountersUnavailable as exc:
             raise GatewayError(503, f"Spend cannot be read right now: {exc}", outcome="upstream_error") from None
     body = orjson.dumps(usage_body(caps))
     return Reply(200, [(b"content-type", _JSON), (b"cache-control", b"no-store")], body)
 
 
-async def _telemetry(gateway: Gateway, scope: dict[str, Any], receive: Any, record: AuditRecord,
+async def _telemetry(gateway: Resources, scope: dict[str, Any], receive: Any, record: AuditRecord,
                      groups: tuple[str, ...], lease: BodyLease) -> Reply:
     limit = min(gateway.settings.max_body_bytes, MAX_TELEMETRY_BYTES)
     body = await read_body(scope, receive, limit, lease, gateway.settings.body_read_timeout_seconds)
@@ -110,7 +100,7 @@ async def _telemetry(gateway: Gateway, scope: dict[str, Any], receive: Any, reco
         rows = await anyio.to_thread.run_sync(decode)
     except otlp.OTLPError as exc:
         raise GatewayError(400, f"Malformed OTLP export: {exc}", outcome="bad_request") from None
-    writer = gateway.telemetry
+    writer = gateway.trail.telemetry
     if writer is not None:  # None: the table is missing (logged at start-up); the protocol still wants a 200
         for row in rows:
             writer.submit(row)

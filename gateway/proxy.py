@@ -9,43 +9,35 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from gateway import protocol_routes
+from gateway import endpoints, protocol_routes
 from gateway.access_log import log_access
 from gateway.audit.record import SHUTDOWN, AuditRecord
-from gateway.budget import BudgetHeaders
+from gateway.endpoints import Endpoint
 from gateway.errors import GatewayError, error_body
 from gateway.headers import client_response_headers, upstream_request_headers
 from gateway.identity import DomainNotAllowed
 from gateway.intake import BodyLease, ParsedBody, iap_assertion, new_record, parse_body, read_body
 from gateway.metering import ESTIMATE_BYTES_PER_INPUT_TOKEN, JSONMeter, SSEMeter, Usage
-from gateway.policy import Admission, PolicyRefusal, RequestFacts
+from gateway.models import models_listing
+from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
+from gateway.policy.budget import BudgetHeaders
 from gateway.pricing import PriceTable
-from gateway.upstreams import UpstreamCall, UpstreamUnavailable
-from gateway.upstreams.models import models_listing
+from gateway.relay_errors import SHUTTING_DOWN, shutdown_error, sse_error, unavailable, unfinished, upstream_failure
+from gateway.upstreams.base import UpstreamCall, UpstreamUnavailable
 from gateway.upstreams.transport import UpstreamResponse, UpstreamTimeout, UpstreamTransportError
-from gateway.upstreams.vertex_protocol import match_vertex_path, with_anthropic_version
+from gateway.vertex_inbound import as_anthropic, with_anthropic_version
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
     from gateway.capture.pipeline import RequestCapture
+    from gateway.resources import Resources
 
 logger = logging.getLogger("gateway.proxy")
 
 Scope = dict[str, Any]
-Message = dict[str, Any]
-
-# The Anthropic routes served, and the method each takes (`/v1/models` is answered from the model table; Vertex
-# paths are matched by `match_vertex_path`). Anything else is a 404 from the gateway itself.
-RELAYED: dict[str, str] = {
-    "/v1/messages": "POST",
-    "/v1/messages/count_tokens": "POST",
-    "/v1/models": "GET",
-}
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 # How long ending a cut response may take: a client that does not read must not hold up the shutdown.
 _CUT_SEND_SECONDS = 1.0
-_SHUTTING_DOWN = "The gateway instance is shutting down; retry the request."
 
 
 class _Response:
@@ -106,7 +98,7 @@ class _Cut:
 class GatewayEndpoint:
     """The ASGI app behind every request but the probes: one audit row per request, whatever happens."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Resources) -> None:
         self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -114,7 +106,7 @@ class GatewayEndpoint:
         started_at = time.perf_counter()
         record = new_record(scope)
         response = _Response(send, record, started_at)
-        gateway.in_flight += 1
+        gateway.trail.begin()
         lease = BodyLease(gateway.bodies)
         try:
             await self._handle(gateway, scope, receive, response, record, lease)
@@ -131,24 +123,20 @@ class GatewayEndpoint:
             # The server cancels what still runs when its graceful shutdown ends (the relay itself notes that
             # and carries on): outside the relay, say so and end. The row below is written either way.
             if not response.finished:
-                _note_error(record, record.status_code or 529, SHUTDOWN, "overloaded_error", _SHUTTING_DOWN)
+                _note_error(record, record.status_code or 529, SHUTDOWN, "overloaded_error", SHUTTING_DOWN)
                 with anyio.move_on_after(_CUT_SEND_SECONDS):
                     if not response.started:
-                        await response.error(_shutdown_error())
+                        await response.error(shutdown_error())
             raise
         finally:
             lease.release()
             record.duration_ms = round((time.perf_counter() - started_at) * 1000, 3)
-            if response.capture is None:
-                gateway.writer.submit(record)
-            else:
-                response.capture.submit(record)  # audits the request once its content row is built
-            gateway.in_flight -= 1
+            gateway.trail.finish(record, response.capture)
             if gateway.settings.access_log:
                 log_access(record, gateway.settings.google_cloud_project)
 
     async def _handle(
-        self, gateway: Gateway, scope: Scope, receive: Any, response: _Response, record: AuditRecord,
+        self, gateway: Resources, scope: Scope, receive: Any, response: _Response, record: AuditRecord,
         lease: BodyLease,
     ) -> None:
         try:
@@ -159,24 +147,14 @@ class GatewayEndpoint:
         _note_principal(record, principal)
         lease.person = principal.email
 
-        path, method = record.path, record.method
-        if path in protocol_routes.PROTOCOL_ROUTES:  # managed settings, usage, telemetry: answered here
-            reply = await protocol_routes.answer(gateway, scope, receive, record, principal, lease)
+        method = record.method
+        route = endpoints.match(method, record.path)
+        if route.endpoint in endpoints.PROTOCOL:  # managed settings, usage, telemetry: answered here
+            reply = await protocol_routes.answer(gateway, route.endpoint, scope, receive, record, principal, lease)
             await response.start(reply.status, reply.headers)
             await response.body(reply.body)
             await response.end()
             return
-        vertex = match_vertex_path(path)
-        expected_method = "POST" if vertex is not None else RELAYED.get(path)
-        if expected_method is None:
-            raise GatewayError(404, f"Not found: {method} {path}", outcome="not_found")
-        if method != expected_method:
-            raise GatewayError(
-                405,
-                f"Method {method} not allowed on {path}; use {expected_method}.",
-                outcome="bad_request",
-                headers={"allow": expected_method},
-            )
 
         try:
             gateway.policy.precheck(principal)  # someone no rule lets in is refused before their body is read
@@ -188,23 +166,24 @@ class GatewayEndpoint:
         record.request_bytes = len(body)
         parsed = parse_body(scope, body) if method == "POST" else ParsedBody(body=body)
         body = parsed.body
-        query, headers = scope.get("query_string", b""), upstream_request_headers(scope["headers"])
-        if vertex is not None:
+        endpoint, query = route.endpoint, scope.get("query_string", b"")
+        headers = upstream_request_headers(scope["headers"])
+        if endpoint in endpoints.VERTEX:
             # A Vertex-protocol request becomes the same Anthropic request: any upstream serves it, one meter reads it.
-            body, parsed.model = vertex.anthropic_body(body, gateway.models)
-            parsed.stream = vertex.stream
-            path, query, headers = vertex.anthropic_path, b"", with_anthropic_version(headers)
+            anthropic = as_anthropic(route, body, gateway.models)
+            body, parsed.model, parsed.stream = anthropic.body, anthropic.model, anthropic.stream
+            endpoint, query, headers = anthropic.endpoint, b"", with_anthropic_version(headers)
         record.requested_model = parsed.model
         record.stream = parsed.stream
 
         reserve_tokens = reserve_micros = 0
-        if path == "/v1/messages":
+        if endpoint is Endpoint.MESSAGES:
             # Held against the person's limits while the request runs: the input (from its size) and max_tokens.
             input_estimate, output_most = -(-len(body) // ESTIMATE_BYTES_PER_INPUT_TOKEN), parsed.max_tokens or 0
             reserve_tokens = input_estimate + output_most
             reserve_micros = gateway.prices.most_micros(parsed.model, input_estimate, output_most)
         facts = RequestFacts(
-            principal=principal, path=path, model=parsed.model, max_tokens=parsed.max_tokens, stream=parsed.stream,
+            principal=principal, path=endpoint, model=parsed.model, max_tokens=parsed.max_tokens, stream=parsed.stream,
             reserve_tokens=reserve_tokens, reserve_micros=reserve_micros,
         )
         try:
@@ -214,30 +193,30 @@ class GatewayEndpoint:
             raise
         record.groups = list(admission.groups)
         record.policy_rule = admission.rule
-        if gateway.capture is not None:
-            response.capture = gateway.capture.begin(admission.capture, path, body, record)
+        response.capture = gateway.trail.capture_for(admission.capture, endpoint, body, record)
         response.budget = gateway.budget_headers(facts)
 
         call = UpstreamCall(
-            method=method, path=path, query=query, headers=headers, body=body, model=parsed.model, stream=parsed.stream
+            method=method, path=endpoint, query=query, headers=headers, body=body, model=parsed.model,
+            stream=parsed.stream,
         )
         usage = Usage()
         try:
-            if path == "/v1/models":
+            if endpoint is Endpoint.MODELS:
                 # Answered from the model table: Vertex has no such endpoint, and the list is per caller.
                 await _send_json(response, await models_listing(gateway.models, gateway.policy, principal))
             else:
-                gateway.writer.admit(record)  # a crash from here on leaves the request visible as incomplete
+                gateway.trail.admit(record)
                 usage = await self._relay(gateway, call, receive, response, record)
         finally:
             _note_cost(record, gateway.prices, usage, parsed.model)
             await _settle(gateway, facts, admission, usage, record.cost_usd)
 
     async def _relay(
-        self, gateway: Gateway, call: UpstreamCall, receive: Any, response: _Response, record: AuditRecord
+        self, gateway: Resources, call: UpstreamCall, receive: Any, response: _Response, record: AuditRecord
     ) -> Usage:
-        if gateway.cutting:
-            raise _shutdown_error()
+        if gateway.trail.cutting:
+            raise shutdown_error()
         disconnected = False
         scope = anyio.CancelScope()
         cut = _Cut(scope)
@@ -254,7 +233,7 @@ class GatewayEndpoint:
         meter: SSEMeter | JSONMeter = JSONMeter()
         failure: GatewayError | None = None
         feed = None
-        gateway.relays.add(cut)
+        gateway.trail.relays.add(cut)
         try:
             with scope:
                 try:
@@ -262,11 +241,11 @@ class GatewayEndpoint:
                 except UpstreamUnavailable as exc:
                     record.upstream, record.attempts = exc.upstream, exc.attempts
                     record.upstream_failures = "; ".join(exc.failures) or None
-                    raise _unavailable(exc) from None
+                    raise unavailable(exc) from None
                 except UpstreamTimeout as exc:
-                    raise _upstream_failure(504, "timed out", exc) from None
+                    raise upstream_failure(504, "timed out", exc) from None
                 except UpstreamTransportError as exc:
-                    raise _upstream_failure(502, "could not be reached", exc) from None
+                    raise upstream_failure(502, "could not be reached", exc) from None
                 upstream_response = result.response
                 record.upstream = result.upstream
                 record.attempts = result.attempts
@@ -291,9 +270,9 @@ class GatewayEndpoint:
                         await response.body(chunk)
                 except UpstreamTransportError as exc:
                     # Too late for a status code: tell a streaming client in its own protocol.
-                    failure = _upstream_failure(502, "failed mid-response", exc)
+                    failure = upstream_failure(502, "failed mid-response", exc)
                     if isinstance(meter, SSEMeter):
-                        error_event = _sse_error(failure)
+                        error_event = sse_error(failure)
                         if feed is not None:
                             feed(error_event)
                         await response.body(error_event)
@@ -305,7 +284,7 @@ class GatewayEndpoint:
                 current.uncancel()
             cut.done = True
         finally:
-            gateway.relays.discard(cut)
+            gateway.trail.relays.discard(cut)
             watcher.cancel()
             if upstream_response is not None:
                 with anyio.CancelScope(shield=True):
@@ -313,7 +292,7 @@ class GatewayEndpoint:
             meter.finish()
 
         usage = meter.usage
-        if (disconnected or cut.done) and usage.input_tokens is None and call.path == "/v1/messages":
+        if (disconnected or cut.done) and usage.input_tokens is None and call.path == Endpoint.MESSAGES:
             # The upstream had the request and bills its input, reply or not: charge an estimate from its size.
             usage.input_tokens = -(-len(call.body) // ESTIMATE_BYTES_PER_INPUT_TOKEN)
             usage.output_tokens = usage.output_tokens or 0
@@ -335,7 +314,7 @@ class GatewayEndpoint:
                 record.error_type = usage.error_type
                 record.error_message = usage.error_message
             elif not usage.finished:
-                _note_error(record, record.status_code, "upstream_error", "api_error", _unfinished(usage, meter))
+                _note_error(record, record.status_code, "upstream_error", "api_error", unfinished(usage, meter))
             await response.end()
         return usage
 
@@ -343,7 +322,7 @@ class GatewayEndpoint:
 async def _end_cut(response: _Response, record: AuditRecord, event_stream: bool, feed: Any) -> None:
     """End a response the shutdown cut: an overloaded_error the client retries (an `event: error` once a stream
     has started), and a row that says so, with the tokens the upstream reported so far."""
-    error = _shutdown_error()
+    error = shutdown_error()
     status = record.status_code if response.started else error.status
     _note_error(record, status, SHUTDOWN, error.error_type, "cut short by the gateway's shutdown; " + error.message)
     with anyio.move_on_after(_CUT_SEND_SECONDS):
@@ -351,28 +330,17 @@ async def _end_cut(response: _Response, record: AuditRecord, event_stream: bool,
             await response.error(error)
         else:
             if event_stream:
-                event = _sse_error(error)
+                event = sse_error(error)
                 if feed is not None:
                     feed(event)
                 await response.body(event)
             await response.end()
 
 
-def _unfinished(usage: Usage, meter: SSEMeter | JSONMeter) -> str:
-    """Why a successful-looking reply is not one."""
-    if isinstance(meter, JSONMeter):
-        return "the upstream's reply is not a JSON object"
-    if not usage.started:
-        return "the upstream's event stream never started (no message_start)"
-    return "the upstream's event stream ended before message_stop"
-
-
-def _shutdown_error() -> GatewayError:
-    return GatewayError(529, _SHUTTING_DOWN, outcome=SHUTDOWN, error_type="overloaded_error")
 
 
 async def _settle(
-    gateway: Gateway, facts: RequestFacts, admission: Admission, usage: Usage, cost: float | None
+    gateway: Resources, facts: RequestFacts, admission: Admission, usage: Usage, cost: float | None
 ) -> None:
     try:
         await gateway.policy.settle(facts, admission, usage, cost)
@@ -380,16 +348,6 @@ async def _settle(
         logger.exception("policy settle failed")
 
 
-def _upstream_failure(status: int, what: str, exc: Exception) -> GatewayError:
-    detail = str(exc) or type(exc).__name__
-    return GatewayError(status, f"The upstream {what}: {detail}", outcome="upstream_error")
-
-
-def _unavailable(exc: UpstreamUnavailable) -> GatewayError:
-    if exc.attempts == 0:  # every circuit open: fail fast, and say when to come back
-        retry_after = {"retry-after": str(int(exc.retry_after or 1))}
-        return GatewayError(503, exc.message, outcome="upstream_error", headers=retry_after)
-    return GatewayError(504 if exc.timed_out else 502, exc.message, outcome="upstream_error")
 
 
 async def _send_json(response: _Response, body: bytes) -> None:
@@ -397,9 +355,6 @@ async def _send_json(response: _Response, body: bytes) -> None:
     await response.body(body)
     await response.end()
 
-
-def _sse_error(error: GatewayError) -> bytes:
-    return b"event: error\ndata: " + error_body(error.status, error.message, error.error_type) + b"\n\n"
 
 
 def _note_principal(record: AuditRecord, principal: Any) -> None:
@@ -438,4 +393,3 @@ def _note_usage(record: AuditRecord, usage: Usage) -> None:
     record.inference_geo = usage.inference_geo
     record.speed = usage.speed
     record.usage_estimated = usage.estimated or None
-

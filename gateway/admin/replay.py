@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit.record import STARTED, insert_id
-from gateway.audit.sinks import AuditSink, BatchRefused, RowsRejected, SinkServerError
+from gateway.audit.sink_base import AuditSink, BatchRefused, RowsRejected, SinkServerError
 
 
 @dataclass

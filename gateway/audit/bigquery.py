@@ -15,7 +15,7 @@ from google.api_core import exceptions as api
 
 from gateway.audit.record import insert_id
 from gateway.audit.schema import AUDIT_TABLE, Table
-from gateway.audit.sinks import BatchRefused, RowsRejected, SinkConfigError, SinkServerError, SinkUnavailable
+from gateway.audit.sink_base import BatchRefused, RowsRejected, SinkConfigError, SinkServerError, SinkUnavailable
 
 if TYPE_CHECKING:
     from google.cloud import bigquery

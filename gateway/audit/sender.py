@@ -12,7 +12,7 @@ import time
 
 from gateway.audit.counters import AuditCounters
 from gateway.audit.fallback import Fallback
-from gateway.audit.sinks import AuditSink, BatchRefused, RowsRejected, SinkServerError
+from gateway.audit.sink_base import AuditSink, BatchRefused, RowsRejected, SinkServerError
 from gateway.audit.spill import Pending
 
 logger = logging.getLogger("gateway.audit")

@@ -1,58 +1,17 @@
-"""Where audit rows go, chosen by `GATEWAY_AUDIT_SINK`, and how a sink says a write went wrong."""
+"""Where audit rows go: the sink `GATEWAY_AUDIT_SINK` (or another setting) names."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
+
+from gateway.audit.schema import AUDIT_TABLE
+from gateway.audit.sink_base import AuditSink, SinkConfigError
 
 if TYPE_CHECKING:
     from gateway.audit.schema import Table
 
-
-class AuditSink(Protocol):
-    """A destination for batches of audit rows (dicts keyed by column name)."""
-
-    name: str
-
-    async def open(self) -> None:
-        """Check the destination is usable; raise `SinkConfigError` with a clear message if not."""
-        ...
-
-    async def write(self, rows: list[dict[str, Any]]) -> None:
-        """Write a batch; raise a `SinkError` (or anything else) if any of it may not have been written."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class SinkConfigError(ValueError):
-    """`GATEWAY_AUDIT_SINK` names no usable sink: a start-up error, never a silent loss."""
-
-
-class SinkError(Exception):
-    """A write that did not (entirely) happen."""
-
-
-class SinkUnavailable(SinkError):
-    """The sink could not be reached or did not answer in time: try again later."""
-
-
-class SinkServerError(SinkUnavailable):
-    """The sink answered with a failure (5xx, quota, permission, missing table): try again later.
-
-    Unlike `SinkUnavailable`, the server did answer, so one bad row may be the cause (the BigQuery emulator
-    answers a bad row with a 500): the writer splits a batch that keeps failing this way."""
-
-
-class BatchRefused(SinkError):
-    """The sink refused the request as invalid (HTTP 400, e.g. too large): retrying it unchanged is pointless."""
-
-
-class RowsRejected(SinkError):
-    """Some rows were refused with a reason each; every other row in the batch was written."""
-
-    def __init__(self, rejected: list[tuple[int, str]]) -> None:
-        super().__init__(f"{len(rejected)} row(s) rejected: {rejected[0][1] if rejected else ''}")
-        self.rejected = rejected
+# The factory's own error, raised for a bad URL; the other sink errors live in sink_base.
+__all__ = ["SinkConfigError", "check_sink_url", "open_sink"]
 
 
 def open_sink(
@@ -65,10 +24,9 @@ def open_sink(
 ) -> AuditSink:
     """The sink a URL names: `sqlite:///PATH` or `bigquery://PROJECT/DATASET/TABLE`, for the metadata table
     unless `table` names another (the content table)."""
-    from gateway.audit.schema import AUDIT_TABLE
-
     table = table or AUDIT_TABLE
     check_sink_url(url, setting)
+    # Each sink module is imported when named: Google's client libraries load only for a BigQuery sink.
     if url.startswith("bigquery://"):
         from gateway.audit.bigquery import BigQuerySink, TableRef
 

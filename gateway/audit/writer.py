@@ -24,7 +24,8 @@ from gateway.audit.kind import AUDIT_ROWS, RowKind
 from gateway.audit.queue import RowQueue, to_row
 from gateway.audit.record import AuditRecord
 from gateway.audit.sender import PROBE_SECONDS, BatchSender
-from gateway.audit.sinks import AuditSink, open_sink
+from gateway.audit.sink_base import AuditSink
+from gateway.audit.sinks import open_sink
 from gateway.audit.spill import Spill, default_spill_dir
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from gateway.capture.patterns import load_redactor
 from gateway.capture.redact import Redactor
 from gateway.capture.rows import CaptureJob, content_rows
 from gateway.capture.worker import CaptureWorker
+from gateway.endpoints import Endpoint
 
 if TYPE_CHECKING:
     from gateway.audit.writer import AuditWriter
@@ -29,7 +30,7 @@ logger = logging.getLogger("gateway.capture")
 
 # Only Messages requests are captured: they carry the prompts and produce the responses. `count_tokens` sends the
 # same prompt a moment before its Messages request does, and `/v1/models` sends none.
-CAPTURED_PATH = "/v1/messages"
+CAPTURED_PATH = Endpoint.MESSAGES
 # Captures go to the worker in batches: one hand-over per batch rather than per capture.
 BATCH_SIZE = 32
 # A batch of `metadata+` captures with this many request bytes in all is built on the event loop itself (about

@@ -10,12 +10,13 @@ from typing import Any
 
 import uvicorn
 
-from gateway.app import STREAM_RESERVE, create_app
+from gateway.app import create_app
 from gateway.cli.output import CLIError
 from gateway.cli.policy import read_policy
 from gateway.cli.settings import load_settings
 from gateway.logs import configure_logging
 from gateway.server import guarded_protocol
+from gateway.trail import STREAM_RESERVE
 
 
 def uvicorn_config(

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from gateway.endpoints import Endpoint
+
 MODELS = [
     ("claude-opus-5-5", "Claude Opus 5.5"),
     ("claude-sonnet-5-5", "Claude Sonnet 5.5"),
@@ -40,10 +42,10 @@ class MockAnthropic:
             if not message.get("more_body"):
                 break
         path, method = scope["path"].rstrip("/"), scope["method"]
-        if method == "GET" and path == "/v1/models":
+        if method == "GET" and path == Endpoint.MODELS:
             await _json(send, 200, _models())
             return
-        if method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+        if method != "POST" or path not in (Endpoint.MESSAGES, Endpoint.COUNT_TOKENS):
             await _json(send, 404, _error("not_found_error", f"Not found: {method} {path}"))
             return
         try:

@@ -10,10 +10,11 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
-from gateway.budget import Cap, ThresholdAnnouncer, billing_refusal, format_usd
+from gateway.endpoints import Endpoint
 from gateway.identity import Principal, fold_case
 from gateway.metering import Usage
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
+from gateway.policy.budget import Cap, ThresholdAnnouncer, billing_refusal, format_usd
 from gateway.policy.counters import (
     MICROS,
     Counters,
@@ -29,9 +30,8 @@ from gateway.policy.model import Decision, Limits, ModelPattern, Policy, decide,
 
 logger = logging.getLogger("gateway.policy")
 
-MESSAGES = "/v1/messages"
-# Paths that name a model in their body; `/v1/models` names none and is only checked for a rule.
-MODEL_PATHS = frozenset((MESSAGES, "/v1/messages/count_tokens"))
+# Endpoints that name a model in their body; `/v1/models` names none and is only checked for a rule.
+MODEL_PATHS = frozenset((Endpoint.MESSAGES, Endpoint.COUNT_TOKENS))
 CONCURRENCY_RETRY_AFTER = 2
 UNAVAILABLE_RETRY_AFTER = 5
 # Added to an admission's `rule` (so to the audit row's `policy_rule`) when it was let through with rates, budgets
@@ -97,7 +97,7 @@ class GroupPolicy:
             # The gateway protocol's answer to a denied model: 400 invalid_request_error, which Claude Code shows.
             raise PolicyRefusal(400, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
                                 rule=rule)
-        if facts.path != MESSAGES:
+        if facts.path != Endpoint.MESSAGES:
             return Admission(groups=groups, rule=rule, capture=limits.capture)
         if limits.max_tokens is not None and facts.max_tokens is not None and facts.max_tokens > limits.max_tokens:
             cap = limits.max_tokens

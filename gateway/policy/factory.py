@@ -1,16 +1,14 @@
-"""Building the access policy the settings ask for: the file, the group resolver and the counters."""
+"""The parts of the access policy the settings choose: the group resolver and the counters."""
 
 from __future__ import annotations
 
 import logging
 
 from gateway.config import Settings
-from gateway.policy.base import AccessPolicy, AllowAll
 from gateway.policy.cloud_identity import CloudIdentityGroups
 from gateway.policy.counters import Counters, InProcessCounters
-from gateway.policy.engine import GroupPolicy
 from gateway.policy.groups import GroupResolver, StaticGroups
-from gateway.policy.loader import PolicyFileError, load_policy
+from gateway.policy.loader import PolicyFileError
 from gateway.policy.model import Policy
 from gateway.policy.redis_counters import RedisCounters
 
@@ -36,6 +34,7 @@ def group_resolver(policy: Policy, settings: Settings) -> GroupResolver:
 
 
 def counters(settings: Settings) -> Counters:
+    """The policy's counters: shared in Redis with `GATEWAY_REDIS_URL`, else this instance's own."""
     if settings.redis_url is None:
         return InProcessCounters()
     return RedisCounters(
@@ -43,27 +42,3 @@ def counters(settings: Settings) -> Counters:
         prefix=settings.redis_key_prefix,
         timeout=settings.redis_timeout_seconds,
     )
-
-
-async def open_policy(settings: Settings) -> AccessPolicy:
-    """The started policy, or `AllowAll` without `GATEWAY_POLICY_FILE`. A bad file raises `PolicyFileError`."""
-    if not settings.policy_file:
-        logger.info("policy: no GATEWAY_POLICY_FILE; everyone IAP lets through may use every model without limits")
-        return AllowAll()
-    policy = load_policy(settings.policy_file)
-    engine = GroupPolicy(
-        policy, group_resolver(policy, settings), counters(settings), fail_open=settings.policy_fail_mode == "open"
-    )
-    await engine.start()
-    logger.info(
-        "policy: %s loaded: %d group rules, %d user overrides, %s; membership from %s; counters %s, fail-%s",
-        policy.source, len(policy.groups), len(policy.users),
-        "a default rule" if policy.default else "no default rule (people in no group are refused)",
-        engine.groups.source, engine.counters.name, settings.policy_fail_mode,
-    )
-    if settings.redis_url is None:
-        logger.warning(
-            "policy: limits are counted in this instance only; with more than one instance each allows the full "
-            "limits. Set GATEWAY_REDIS_URL to share them."
-        )
-    return engine

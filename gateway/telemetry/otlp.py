@@ -20,11 +20,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from gateway.audit.record import rfc3339
+from gateway.endpoints import Endpoint
 
 SIGNALS: dict[str, type[Message]] = {
-    "/v1/metrics": ExportMetricsServiceRequest,
-    "/v1/logs": ExportLogsServiceRequest,
-    "/v1/traces": ExportTraceServiceRequest,
+    Endpoint.TELEMETRY_METRICS: ExportMetricsServiceRequest,
+    Endpoint.TELEMETRY_LOGS: ExportLogsServiceRequest,
+    Endpoint.TELEMETRY_TRACES: ExportTraceServiceRequest,
 }
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -9,31 +9,18 @@ from typing import Protocol
 
 import orjson
 
+from gateway.config import VERTEX_BETAS
+from gateway.endpoints import Endpoint
 from gateway.errors import GatewayError, error_body
 from gateway.jsonish import dumps
+from gateway.models import ModelTable
 from gateway.upstreams.base import UpstreamCall, UpstreamError
 from gateway.upstreams.body import loads_object
-from gateway.upstreams.models import ModelTable
 from gateway.upstreams.transport import UpstreamRequest
 
 logger = logging.getLogger("gateway.upstreams")
 
 VERTEX_VERSION = "vertex-2023-10-16"
-
-# `anthropic-beta` values Vertex AI accepts on messages. Vertex answers 400 ("Unexpected value(s) ... for the
-# `anthropic-beta` header") for the whole request when one is unknown to it, so the others are dropped instead.
-# Collected from Vertex's Claude feature pages and public integration tables (LiteLLM's per-provider beta map),
-# not from a live project: override with GATEWAY_VERTEX_BETAS.
-DEFAULT_BETAS: tuple[str, ...] = (
-    "interleaved-thinking-2025-05-14",
-    "context-management-2025-06-27",
-    "context-1m-2025-08-07",
-    "computer-use-2025-01-24",
-    "computer-use-2025-11-24",
-    "tool-search-tool-2025-10-19",
-    "web-search-2025-03-05",
-    "compact-2026-01-12",
-)
 
 # Request headers Vertex is given; everything else the client sent (x-stainless-*, Claude Code's session ids,
 # anthropic-version, which Vertex takes in the body) stays at the gateway.
@@ -70,7 +57,7 @@ class VertexUpstream:
         models: ModelTable,
         token: TokenSource,
         base_url: str | None = None,
-        betas: Iterable[str] | None = DEFAULT_BETAS,
+        betas: Iterable[str] | None = VERTEX_BETAS,
     ) -> None:
         self.name = name
         self.region = region
@@ -84,14 +71,14 @@ class VertexUpstream:
     async def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         data = loads_object(call.body)
         data.pop("anthropic_version", None)
-        if call.path == "/v1/messages":
+        if call.path == Endpoint.MESSAGES:
             model = data.pop("model", None) or call.model
             if not isinstance(model, str) or not model:
                 raise UpstreamError("the request names no model")
             url = self._prefix + _segment(self._models.to_vertex(model))
             url += ":streamRawPredict" if call.stream else ":rawPredict"
             betas = True
-        elif call.path == "/v1/messages/count_tokens":
+        elif call.path == Endpoint.COUNT_TOKENS:
             # Count tokens is one endpoint for every model, so the model stays in the body.
             if isinstance(data.get("model"), str):
                 data["model"] = self._models.to_vertex(data["model"])

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.audit.kind import AUDIT_ROWS, RowKind
 from gateway.audit.record import AuditRecord
-from gateway.audit.sinks import RowsRejected, SinkServerError, SinkUnavailable
+from gateway.audit.sink_base import RowsRejected, SinkServerError, SinkUnavailable
 from gateway.audit.spill import Spill, load_rows
 from gateway.audit.writer import AuditWriter
 from gateway.capture.schema import CONTENT_ROWS

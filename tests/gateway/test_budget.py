@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway.budget import Cap, allowed_headers, billing_refusal, binding, notice_threshold, usage_body
+from gateway.policy.budget import Cap, allowed_headers, billing_refusal, binding, notice_threshold, usage_body
 
 DAY_END = datetime(2026, 12, 2, tzinfo=UTC)
 MONTH_END = datetime(2027, 1, 1, tzinfo=UTC)

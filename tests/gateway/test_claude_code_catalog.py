@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from gateway.models import ModelTable
 from gateway.pricing import RULE_LIST, PriceTable, Rates
-from gateway.upstreams.models import ModelTable
 from tests.support import claude_code
 
 pytestmark = pytest.mark.slow

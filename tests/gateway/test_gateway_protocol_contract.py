@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.budget import Cap, allowed_headers, billing_refusal
 from gateway.managed_settings import checksum
+from gateway.policy.budget import Cap, allowed_headers, billing_refusal
 from tests.support import claude_code
 
 pytestmark = pytest.mark.slow

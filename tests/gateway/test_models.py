@@ -7,9 +7,9 @@ import anyio
 import httpx
 import pytest
 
-from gateway.app import Gateway
 from gateway.config import Settings
-from gateway.upstreams.models import ModelTable, model_filter
+from gateway.models import ModelTable, model_filter
+from gateway.resources import Resources
 from tests.gateway.conftest import AUDIENCE, Stack, StackFactory
 
 PACKAGED_TABLE = Path(__file__).parents[2] / "gateway" / "data" / "models.json"
@@ -108,7 +108,7 @@ def test_a_bad_model_table_stops_the_gateway_at_start(tmp_path: Path, table: dic
     settings = Settings(iap_audience=[AUDIENCE], models=table, audit_sink=f"sqlite:///{tmp_path}/a.db")
 
     with pytest.raises(ValueError, match=problem):
-        anyio.run(Gateway(settings).start)
+        anyio.run(Resources(settings).start)
 
 
 def test_model_ids_map_to_vertex_names_and_back() -> None:

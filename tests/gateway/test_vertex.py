@@ -11,8 +11,8 @@ import httpx
 import orjson
 import pytest
 
-from gateway.app import Gateway
 from gateway.config import Settings
+from gateway.resources import Resources
 from gateway.upstreams.vertex import vertex_base_url
 from tests.gateway.conftest import API_KEY, AUDIENCE, Stack, StackFactory
 from tests.support.anthropic_sse import JSON_HEADERS, SSE_HEADERS, message_json, stream_events
@@ -456,7 +456,7 @@ def test_vertex_without_credentials_refuses_to_start(tmp_path: Path, monkeypatch
     settings = Settings(iap_audience=[AUDIENCE], upstream=["vertex"], audit_sink=f"sqlite:///{tmp_path}/a.db")
 
     with pytest.raises(ValueError, match="no Google credentials"):
-        anyio.run(Gateway(settings).start)
+        anyio.run(Resources(settings).start)
 
 
 def test_vertex_without_a_project_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -465,4 +465,4 @@ def test_vertex_without_a_project_refuses_to_start(tmp_path: Path, monkeypatch: 
         settings = Settings(iap_audience=[AUDIENCE], upstream=["vertex"], audit_sink=f"sqlite:///{tmp_path}/a.db")
 
         with pytest.raises(ValueError, match="GATEWAY_VERTEX_PROJECT"):
-            anyio.run(Gateway(settings).start)
+            anyio.run(Resources(settings).start)

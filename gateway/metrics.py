@@ -1,4 +1,4 @@
-"""The audit writer's counters in Prometheus text form, for `GET /metrics` (no user data, only counts)."""
+"""The audit and capture counters in Prometheus text form, for `GET /metrics` (no user data, only counts)."""
 
 from __future__ import annotations
 

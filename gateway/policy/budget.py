@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.policy.model import format_value
 
+# The logger the docs and the log-based metric (terraform/monitoring.tf) name; kept when this module moved here.
 logger = logging.getLogger("gateway.budget")
 
 # Notice thresholds Claude Code shows ("You've used 82% of your usage credits"), highest first.
