@@ -22,6 +22,7 @@ from gateway.audit.sinks import SinkConfigError
 from gateway.budget import BudgetHeaders
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
+from gateway.google_http import google_client
 from gateway.identity import IAPKeys, IAPVerifier
 from gateway.intake import BodyAllowance
 from gateway.policy import AccessPolicy, RequestFacts
@@ -54,7 +55,7 @@ class Gateway:
     """Shared resources, created when the app starts and closed when it stops."""
 
     client: httpx.AsyncClient
-    """For the gateway's own calls (IAP keys); relayed requests go through `transport`."""
+    """For Google's endpoints (IAP keys, OAuth tokens); relayed requests go through `transport`."""
     transport: UpstreamTransport
     verifier: IAPVerifier
     writer: AuditWriter
@@ -135,20 +136,7 @@ class Gateway:
         telemetry = telemetry_writer(settings)
         if isinstance(self.policy, GroupPolicy) and self.policy.policy.capturing_rules:
             self.capture = CapturePipeline.from_settings(settings, self.writer)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.upstream_connect_timeout,
-                read=settings.upstream_read_timeout,
-                write=settings.upstream_write_timeout,
-                pool=settings.upstream_pool_timeout,
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_connections,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.client = google_client()
         audiences = settings.iap_audience or ["/projects/dev/locations/local/services/claude-gateway"]
         self.verifier = IAPVerifier(
             IAPKeys(self.client, settings.iap_certs_url),
@@ -156,7 +144,11 @@ class Gateway:
             allowed_domains=settings.allowed_domains,
             clock_skew=settings.iap_clock_skew_seconds,
         )
-        self.upstreams = await open_upstreams(settings, self.models)
+        try:
+            self.upstreams = await open_upstreams(settings, self.models, self.client)
+        except BaseException:
+            await self.client.aclose()  # finding credentials may have left a connection open (the metadata server)
+            raise
         await self.writer.start()
         try:
             await telemetry.start()

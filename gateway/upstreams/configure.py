@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import httpx
+
 from gateway.upstreams.anthropic import AnthropicUpstream
 from gateway.upstreams.base import Upstream
 from gateway.upstreams.google_auth import GoogleToken
@@ -15,8 +17,9 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 
-async def open_upstreams(settings: Settings, models: ModelTable) -> UpstreamRouter:
-    """The router, with Google credentials loaded once when a Vertex upstream is configured.
+async def open_upstreams(settings: Settings, models: ModelTable, google: httpx.AsyncClient) -> UpstreamRouter:
+    """The router, with Google credentials loaded once (over `google`, the client for Google's endpoints) when a
+    Vertex upstream is configured.
 
     Raises ValueError for a configuration that cannot work (no credentials, no project)."""
     token: GoogleToken | None = None
@@ -27,7 +30,7 @@ async def open_upstreams(settings: Settings, models: ModelTable) -> UpstreamRout
             upstreams.append(AnthropicUpstream(settings.upstream_url, settings.anthropic_api_key))
             continue
         if token is None:
-            token, adc_project = await GoogleToken.from_environment()
+            token, adc_project = await GoogleToken.from_environment(google)
             project = settings.vertex_project or settings.google_cloud_project or adc_project
             if not project:
                 await token.aclose()
