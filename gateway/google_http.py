@@ -41,6 +41,9 @@ class ThreadRequest(google.auth.transport.Request):
     """google-auth's blocking transport for a worker thread started by anyio: each call is sent on the event loop
     through `client`, so the thread waits and the loop does not."""
 
+    # No `session` attribute, so google-auth's opt-in mTLS to the metadata server (GCE_METADATA_MTLS_MODE, which
+    # mounts a requests adapter there) does not apply: Cloud Run has no such certificates.
+
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
 
