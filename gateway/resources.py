@@ -13,6 +13,7 @@ from gateway.audit.writer import AuditWriter
 from gateway.capture.pipeline import CapturePipeline
 from gateway.config import Settings
 from gateway.endpoints import Endpoint
+from gateway.google_http import google_client
 from gateway.identity import IAPKeys, IAPVerifier
 from gateway.intake import BodyAllowance
 from gateway.models import ModelTable
@@ -40,7 +41,7 @@ class Resources:
     """Shared resources, created when the app starts and closed when it stops."""
 
     client: httpx.AsyncClient
-    """For the gateway's own calls (IAP keys); relayed requests go through `transport`."""
+    """For Google's endpoints (IAP keys, OAuth tokens, Cloud Identity); relayed requests go through `transport`."""
     transport: UpstreamTransport
     verifier: IAPVerifier
     trail: AuditTrail
@@ -76,36 +77,27 @@ class Resources:
         # Fail at start-up, not at the first request: a bad sink or price file is a configuration error.
         self.prices = PriceTable.load(settings.pricing_file)
         rules = load_policy(settings.policy_file) if settings.policy_file else None
-        self.group_policy = await open_policy(settings, rules)
-        self.policy = self.group_policy if self.group_policy is not None else AllowAll()
         self.models = ModelTable.load(settings.models)
         writer = AuditWriter.from_settings(settings)
         telemetry = telemetry_writer(settings)
         capture = None
         if rules is not None and rules.capturing_rules:
             capture = CapturePipeline.from_settings(settings, writer)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.upstream_connect_timeout,
-                read=settings.upstream_read_timeout,
-                write=settings.upstream_write_timeout,
-                pool=settings.upstream_pool_timeout,
-            ),
-            limits=httpx.Limits(
-                max_connections=settings.upstream_max_connections,
-                max_keepalive_connections=settings.upstream_max_connections,
-            ),
-            follow_redirects=False,
-            trust_env=False,
-        )
-        audiences = settings.iap_audience or ["/projects/dev/locations/local/services/claude-gateway"]
-        self.verifier = IAPVerifier(
-            IAPKeys(self.client, settings.iap_certs_url),
-            audiences,
-            allowed_domains=settings.allowed_domains,
-            clock_skew=settings.iap_clock_skew_seconds,
-        )
-        self.upstreams = await open_upstreams(settings, self.models)
+        self.client = google_client()
+        try:
+            self.group_policy = await open_policy(settings, rules, self.client)
+            self.policy = self.group_policy if self.group_policy is not None else AllowAll()
+            audiences = settings.iap_audience or ["/projects/dev/locations/local/services/claude-gateway"]
+            self.verifier = IAPVerifier(
+                IAPKeys(self.client, settings.iap_certs_url),
+                audiences,
+                allowed_domains=settings.allowed_domains,
+                clock_skew=settings.iap_clock_skew_seconds,
+            )
+            self.upstreams = await open_upstreams(settings, self.models, self.client)
+        except BaseException:
+            await self.client.aclose()  # finding credentials may have left a connection open (the metadata server)
+            raise
         await writer.start()
         started_telemetry = await _start_telemetry(telemetry)
         if capture is not None:
@@ -145,15 +137,21 @@ async def _start_telemetry(writer: AuditWriter) -> AuditWriter | None:
     return writer
 
 
-async def open_policy(settings: Settings, policy: Policy | None) -> GroupPolicy | None:
-    """The started policy for the file's rules, or None without `GATEWAY_POLICY_FILE` (everyone may use all)."""
+async def open_policy(
+    settings: Settings, policy: Policy | None, google: httpx.AsyncClient | None = None
+) -> GroupPolicy | None:
+    """The started policy for the file's rules, or None without `GATEWAY_POLICY_FILE` (everyone may use all);
+    Cloud Identity is asked over `google`, the client for Google's endpoints."""
     if policy is None:
         policy_logger.info(
             "policy: no GATEWAY_POLICY_FILE; everyone IAP lets through may use every model without limits"
         )
         return None
     engine = GroupPolicy(
-        policy, group_resolver(policy, settings), counters(settings), fail_open=settings.policy_fail_mode == "open"
+        policy,
+        group_resolver(policy, settings, google),
+        counters(settings),
+        fail_open=settings.policy_fail_mode == "open",
     )
     await engine.start()
     policy_logger.info(
@@ -170,8 +168,9 @@ async def open_policy(settings: Settings, policy: Policy | None) -> GroupPolicy 
     return engine
 
 
-async def open_upstreams(settings: Settings, models: ModelTable) -> UpstreamRouter:
-    """The router, with Google credentials loaded once when a Vertex upstream is configured.
+async def open_upstreams(settings: Settings, models: ModelTable, google: httpx.AsyncClient) -> UpstreamRouter:
+    """The router, with Google credentials loaded once (over `google`, the client for Google's endpoints) when a
+    Vertex upstream is configured.
 
     Raises ValueError for a configuration that cannot work (no credentials, no project)."""
     token: GoogleToken | None = None
@@ -182,7 +181,7 @@ async def open_upstreams(settings: Settings, models: ModelTable) -> UpstreamRout
             upstreams.append(AnthropicUpstream(settings.upstream_url, settings.anthropic_api_key))
             continue
         if token is None:
-            token, adc_project = await GoogleToken.from_environment()
+            token, adc_project = await GoogleToken.from_environment(google)
             project = settings.vertex_project or settings.google_cloud_project or adc_project
             if not project:
                 await token.aclose()

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio.to_thread
-import google.auth
 import google.auth.exceptions
-import google.auth.transport.requests
 import httpx
 
+from gateway.google_http import GoogleCredentials, google_client
 from gateway.identity import fold_case
 from gateway.policy.groups import expand
 
@@ -50,20 +47,21 @@ class CloudIdentityGroups:
         self,
         groups: Iterable[str],
         *,
-        credentials: Any = None,
+        client: httpx.AsyncClient | None = None,
         refresh_seconds: float = 300.0,
         retry_seconds: float = 30.0,
         base_url: str = CLOUD_IDENTITY_URL,
         timeout: float = 10.0,
     ) -> None:
         self._groups = sorted({fold_case(group) for group in groups})
-        self._credentials = credentials
+        # The lifespan's client for Google's endpoints; without one, a client of its own, closed with it.
+        self._client = client
+        self._owns_client = client is None
         self._refresh_seconds = refresh_seconds
         self._retry_seconds = min(retry_seconds, refresh_seconds)
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._client: httpx.AsyncClient | None = None
-        self._token_lock = asyncio.Lock()
+        self._google: GoogleCredentials | None = None
         self._names: dict[str, str] = {}
         self._members: dict[str, frozenset[str]] = {}
         self._answered_at: dict[str, float] = {}
@@ -79,7 +77,9 @@ class CloudIdentityGroups:
 
     async def start(self) -> None:
         """Load every group once, then keep refreshing in the background; failures are logged, never raised."""
-        self._client = httpx.AsyncClient(timeout=self._timeout, trust_env=False)
+        if self._client is None:
+            self._client = google_client()
+        self._google = GoogleCredentials(self._client, [SCOPE])
         await self.refresh()
         self._task = asyncio.create_task(self._run(), name="cloud-identity-groups")
 
@@ -91,7 +91,7 @@ class CloudIdentityGroups:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._client is not None:
+        if self._client is not None and self._owns_client:
             await self._client.aclose()
 
     async def refresh(self) -> bool:
@@ -215,7 +215,9 @@ class CloudIdentityGroups:
         for attempt in (1, 2):
             headers = {"authorization": f"Bearer {await self._token(force=attempt == 2)}"}
             try:
-                response = await self._client.get(self._base_url + path, params=params, headers=headers)
+                response = await self._client.get(
+                    self._base_url + path, params=params, headers=headers, timeout=self._timeout
+                )
             except httpx.HTTPError as exc:
                 raise GroupsAPIError(f"{path}: {exc or type(exc).__name__}") from None
             if response.status_code == 401 and attempt == 1:
@@ -235,20 +237,11 @@ class CloudIdentityGroups:
         raise AssertionError("unreachable")
 
     async def _token(self, *, force: bool) -> str:
-        async with self._token_lock:
-            try:
-                if self._credentials is None:
-                    default = functools.partial(google.auth.default, scopes=[SCOPE])
-                    self._credentials, _ = await anyio.to_thread.run_sync(default)
-                if force or not self._credentials.valid:
-                    request = google.auth.transport.requests.Request()
-                    await anyio.to_thread.run_sync(self._credentials.refresh, request)
-            except google.auth.exceptions.GoogleAuthError as exc:
-                raise GroupsAPIError(f"no credentials for the Cloud Identity API: {exc}") from None
-            token = self._credentials.token
-            if not isinstance(token, str):
-                raise GroupsAPIError("the credentials gave no access token")
-            return token
+        assert self._google is not None, "start() first"
+        try:
+            return await self._google.token(force=force)
+        except google.auth.exceptions.GoogleAuthError as exc:
+            raise GroupsAPIError(f"no credentials for the Cloud Identity API: {exc}") from None
 
 
 class _NotFound(GroupsAPIError):

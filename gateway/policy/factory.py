@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import httpx
+
 from gateway.config import Settings
 from gateway.policy.cloud_identity import CloudIdentityGroups
 from gateway.policy.counters import Counters, InProcessCounters
@@ -15,8 +17,9 @@ from gateway.policy.redis_counters import RedisCounters
 logger = logging.getLogger("gateway.policy")
 
 
-def group_resolver(policy: Policy, settings: Settings) -> GroupResolver:
-    """The membership source `GATEWAY_GROUP_RESOLVER` names, for the groups the policy has rules for."""
+def group_resolver(policy: Policy, settings: Settings, google: httpx.AsyncClient | None = None) -> GroupResolver:
+    """The membership source `GATEWAY_GROUP_RESOLVER` names, for the groups the policy has rules for (Cloud
+    Identity over `google`, the gateway's client for Google's endpoints, or a client of its own without one)."""
     if settings.group_resolver == "static":
         if policy.members is None:
             raise PolicyFileError(
@@ -30,7 +33,7 @@ def group_resolver(policy: Policy, settings: Settings) -> GroupResolver:
         )
     if not policy.groups:
         return StaticGroups({}, [], source=policy.source)  # no group rules: nothing to ask Cloud Identity
-    return CloudIdentityGroups(policy.groups, refresh_seconds=settings.groups_refresh_seconds)
+    return CloudIdentityGroups(policy.groups, client=google, refresh_seconds=settings.groups_refresh_seconds)
 
 
 def counters(settings: Settings) -> Counters:

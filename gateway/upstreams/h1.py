@@ -26,16 +26,12 @@ import certifi
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-# One place to follow the error classes if they move (the lead fixes this import at merge).
 from gateway.upstreams.transport import (
-    ConnectError,
-    ConnectTimeout,
-    ReadError,
-    ReadTimeout,
-    RemoteProtocolError,
+    FailureKind,
+    UpstreamConnectError,
     UpstreamRequest,
+    UpstreamTimeout,
     UpstreamTransportError,
-    WriteTimeout,
 )
 
 if TYPE_CHECKING:
@@ -68,10 +64,12 @@ class _Target:
             parts = urlsplit(url)
             port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
         except ValueError as exc:
-            raise ConnectError(f"invalid upstream URL {url!r}: {exc}") from None
+            raise UpstreamConnectError(f"invalid upstream URL {url!r}: {exc}", FailureKind.CONNECT) from None
         host = parts.hostname
         if parts.scheme not in _DEFAULT_PORTS or not host:
-            raise ConnectError(f"invalid upstream URL {url!r}: http or https with a host is needed")
+            raise UpstreamConnectError(
+                f"invalid upstream URL {url!r}: http or https with a host is needed", FailureKind.CONNECT
+            )
         self.origin: Origin = (parts.scheme, host, port)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         self.target = quote(target, safe="/?&=%:;@!$'()*+,~-._[]#").encode("ascii")
@@ -165,9 +163,9 @@ class _Connection(asyncio.Protocol):
                 self.complete = True  # the server's close ends a body sent without a length
             elif exc is None:
                 where = "mid-reply" if self.received else "before replying"
-                self.error = RemoteProtocolError(f"upstream closed the connection {where}")
+                self.error = UpstreamTransportError(f"upstream closed the connection {where}", FailureKind.PROTOCOL)
             else:
-                self.error = ReadError(f"upstream connection lost: {exc}")
+                self.error = UpstreamTransportError(f"upstream connection lost: {exc}", FailureKind.READ)
         self.reusable = False
         self.transport = None
         self._closed()
@@ -189,9 +187,9 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(RemoteProtocolError("upstream switched protocols"))
+            self._fail(UpstreamTransportError("upstream switched protocols", FailureKind.PROTOCOL))
         except httptools.HttpParserError as exc:
-            self._fail(RemoteProtocolError(f"invalid HTTP/1.1 reply from upstream: {exc}"))
+            self._fail(UpstreamTransportError(f"invalid HTTP/1.1 reply from upstream: {exc}", FailureKind.PROTOCOL))
 
     # httptools callbacks
 
@@ -365,7 +363,9 @@ class H1Response:
             if await conn.wait(self._pool._read_timeout):
                 self._conn = None
                 conn.close()
-                raise ReadTimeout(f"upstream sent nothing for {self._pool._read_timeout:g}s mid-reply")
+                raise UpstreamTimeout(
+                    f"upstream sent nothing for {self._pool._read_timeout:g}s mid-reply", FailureKind.READ_TIMEOUT
+                )
         chunk = chunks.popleft()
         conn.consumed(len(chunk))
         return chunk
@@ -454,7 +454,8 @@ class H1Transport:
                     not fresh
                     and conn.uses > 1
                     and not conn.received
-                    and isinstance(conn.error, RemoteProtocolError | ReadError)
+                    and conn.error is not None
+                    and conn.error.kind in (FailureKind.PROTOCOL, FailureKind.READ)
                     and self._loop.time() - conn.written_at < STALE_RACE_SECONDS
                 )
                 conn.close()
@@ -485,7 +486,9 @@ class H1Transport:
         transport = conn.transport
         conn.written_at = self._loop.time()
         if transport is None or conn.closed:
-            conn.error = RemoteProtocolError("upstream closed the connection before the request was sent")
+            conn.error = UpstreamTransportError(
+                "upstream closed the connection before the request was sent", FailureKind.PROTOCOL
+            )
             raise conn.error
         if body and len(body) > _SEPARATE_BODY:
             transport.write(head)
@@ -494,12 +497,17 @@ class H1Transport:
             transport.write(head + body if body else head)
         while conn.write_paused and not conn.head_done and conn.error is None:
             if await conn.wait(self._write_timeout):
-                raise WriteTimeout(f"upstream stopped taking the request body (nothing for {self._write_timeout:g}s)")
+                raise UpstreamTimeout(
+                    f"upstream stopped taking the request body (nothing for {self._write_timeout:g}s)",
+                    FailureKind.WRITE_TIMEOUT,
+                )
         while not conn.head_done:
             if conn.error is not None:
                 raise conn.error
             if await conn.wait(self._read_timeout):
-                raise ReadTimeout(f"no reply from upstream within {self._read_timeout:g}s")
+                raise UpstreamTimeout(
+                    f"no reply from upstream within {self._read_timeout:g}s", FailureKind.READ_TIMEOUT
+                )
 
     async def _acquire(self, origin: Origin, *, fresh: bool) -> _Connection:
         """An idle connection to `origin`, or a new one once a slot is free (within the pool timeout)."""
@@ -515,8 +523,9 @@ class H1Transport:
             if not deadline:
                 deadline = now + self._pool_timeout
             if now >= deadline:
-                raise ConnectTimeout(
-                    f"no free upstream connection within {self._pool_timeout:g}s ({self._max_connections} in use)"
+                raise UpstreamTimeout(
+                    f"no free upstream connection within {self._pool_timeout:g}s ({self._max_connections} in use)",
+                    FailureKind.CONNECT_TIMEOUT,
                 )
             waiter: asyncio.Future[bool] = self._loop.create_future()
             self._slot_waiters.append(waiter)
@@ -577,17 +586,21 @@ class H1Transport:
                     lambda: _Connection(self, origin), host, port, ssl=tls, server_hostname=host if tls else None
                 )
         except TimeoutError:
-            raise ConnectTimeout(f"no connection to {host}:{port} within {self._connect_timeout:g}s") from None
+            raise UpstreamTimeout(
+                f"no connection to {host}:{port} within {self._connect_timeout:g}s", FailureKind.CONNECT_TIMEOUT
+            ) from None
         except ConnectionRefusedError:
-            raise ConnectError(f"connection refused by {host}:{port}") from None
+            raise UpstreamConnectError(f"connection refused by {host}:{port}", FailureKind.CONNECT) from None
         except socket.gaierror as exc:
-            raise ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
+            raise UpstreamConnectError(f"cannot resolve {host}: {exc.strerror}", FailureKind.CONNECT) from None
         except ssl.SSLCertVerificationError as exc:
-            raise ConnectError(f"TLS certificate of {host} not trusted: {exc.verify_message}") from None
+            raise UpstreamConnectError(
+                f"TLS certificate of {host} not trusted: {exc.verify_message}", FailureKind.CONNECT
+            ) from None
         except OSError as exc:  # ssl.SSLError included
-            raise ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
+            raise UpstreamConnectError(f"cannot connect to {host}:{port}: {exc}", FailureKind.CONNECT) from None
         if conn.closed:
-            raise ConnectError(f"connection to {host}:{port} closed while opening")
+            raise UpstreamConnectError(f"connection to {host}:{port} closed while opening", FailureKind.CONNECT)
         return conn
 
     def _release(self, conn: _Connection) -> None:

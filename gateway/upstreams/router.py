@@ -219,9 +219,8 @@ def _error_detail(body: bytes) -> str:
     return (" " + ": ".join(parts)) if parts else ""
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: UpstreamTransportError | UpstreamError) -> str:
     if isinstance(exc, UpstreamError):
         return str(exc)
-    kind = "timed out" if isinstance(exc, UpstreamTimeout) else "connection failed"
-    detail = str(exc) or type(exc).__name__
-    return f"{kind} ({type(exc).__name__}): {detail}"[:300]
+    what = "timed out" if isinstance(exc, UpstreamTimeout) else "connection failed"
+    return f"{what} ({exc.kind}): {str(exc) or exc.kind}"[:300]

@@ -2,8 +2,7 @@
 
 Everything else that speaks HTTP (IAP keys, Cloud Identity, Google tokens, the shim) stays on httpx; this hop
 carries every relayed byte, and httpx's pool and per-read cancel scopes cost more CPU than the gateway itself.
-aiohttp's exceptions are turned into the errors below in this module alone; their names follow httpx's, so
-audit rows read as before ("connection failed (ConnectError): ...").
+aiohttp's exceptions become the gateway's own in one table at the end of this module (`_ERRORS`).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -28,36 +28,40 @@ if TYPE_CHECKING:
 KEEPALIVE_SECONDS = 5.0
 
 
+class FailureKind(StrEnum):
+    """What went wrong on the way to the upstream, as audit rows name it: `upstream_failures` reads
+    "connection failed (ConnectError): ...". Security teams query these strings, so they never change."""
+
+    CONNECT = "ConnectError"
+    """No connection could be opened (refused, DNS, TLS)."""
+    CONNECT_TIMEOUT = "ConnectTimeout"
+    """No connection within the connect timeout (waiting for a free pooled connection included)."""
+    WRITE_TIMEOUT = "WriteTimeout"
+    """The upstream stopped taking the request body."""
+    READ_TIMEOUT = "ReadTimeout"
+    """No byte of the reply within the read timeout."""
+    READ = "ReadError"
+    """The connection failed while the request was sent or the reply read."""
+    PROTOCOL = "RemoteProtocolError"
+    """The upstream closed the connection early or sent something that is not HTTP/1.1."""
+    OTHER = "UpstreamTransportError"
+    """Any other failure of the HTTP client."""
+
+
 class UpstreamTransportError(Exception):
-    """The upstream could not be reached, or broke the exchange off."""
+    """The upstream could not be reached, or broke the exchange off (a 502)."""
+
+    def __init__(self, message: str, kind: FailureKind = FailureKind.OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class UpstreamTimeout(UpstreamTransportError):
-    """A connect, write or read deadline passed."""
+    """A connect, write or read deadline passed (a 504)."""
 
 
-class ConnectError(UpstreamTransportError):
-    """No connection could be opened (refused, DNS, TLS)."""
-
-
-class ReadError(UpstreamTransportError):
-    """The connection failed while the request was sent or the reply read."""
-
-
-class RemoteProtocolError(UpstreamTransportError):
-    """The upstream closed the connection early or sent something that is not HTTP/1.1."""
-
-
-class ConnectTimeout(UpstreamTimeout):
-    """No connection within the connect timeout (waiting for a free pooled connection included)."""
-
-
-class WriteTimeout(UpstreamTimeout):
-    """The upstream stopped taking the request body."""
-
-
-class ReadTimeout(UpstreamTimeout):
-    """No byte of the reply within the read timeout."""
+class UpstreamConnectError(UpstreamTransportError):
+    """No connection could be opened, so nothing of the request was sent."""
 
 
 @dataclass(slots=True)
@@ -249,26 +253,28 @@ class _TimedBody(Payload):
 
 _AIOHTTP_ERRORS = (aiohttp.ClientError, OSError)  # OSError includes TimeoutError
 
+# aiohttp's exception -> ours and its kind; the first match wins, so a subclass comes before its base.
+_ERRORS: tuple[tuple[type[BaseException], type[UpstreamTransportError], FailureKind], ...] = (
+    (aiohttp.ConnectionTimeoutError, UpstreamTimeout, FailureKind.CONNECT_TIMEOUT),
+    (_WriteTimedOut, UpstreamTimeout, FailureKind.WRITE_TIMEOUT),
+    (TimeoutError, UpstreamTimeout, FailureKind.READ_TIMEOUT),  # aiohttp's SocketTimeoutError included
+    (aiohttp.ClientConnectorError, UpstreamConnectError, FailureKind.CONNECT),
+    (aiohttp.InvalidURL, UpstreamConnectError, FailureKind.CONNECT),
+    (aiohttp.ServerDisconnectedError, UpstreamTransportError, FailureKind.PROTOCOL),
+    (aiohttp.ClientPayloadError, UpstreamTransportError, FailureKind.PROTOCOL),
+    (aiohttp.ClientResponseError, UpstreamTransportError, FailureKind.PROTOCOL),
+    (OSError, UpstreamTransportError, FailureKind.READ),
+    (aiohttp.ClientConnectionError, UpstreamTransportError, FailureKind.READ),
+)
+
 
 def _translated(exc: BaseException) -> UpstreamTransportError:
     """aiohttp's exception as the gateway's: timeouts (504) apart from every other failure (502)."""
     detail = str(exc) or type(exc).__name__
-    error: UpstreamTransportError
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        error = ConnectTimeout(detail)
-    elif isinstance(exc, _WriteTimedOut):
-        error = WriteTimeout(detail)
-    elif isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError included
-        error = ReadTimeout(detail)
-    elif isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
-        error = ConnectError(detail)
-    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
-        error = RemoteProtocolError(detail)
-    elif isinstance(exc, OSError | aiohttp.ClientConnectionError):
-        error = ReadError(detail)
-    else:
-        error = UpstreamTransportError(detail)
-    return error
+    for caught, error, kind in _ERRORS:
+        if isinstance(exc, caught):
+            return error(detail, kind)
+    return UpstreamTransportError(detail)
 
 
 def _text(value: bytes) -> str:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import responses
 import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway.google_http import google_client
 from gateway.policy.cloud_identity import CloudIdentityGroups
 from gateway.policy.groups import StaticGroups
 
@@ -104,7 +104,7 @@ def _error(status: int, message: str, code: str) -> httpx.Response:
 
 
 @pytest.fixture
-def service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
+def service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[respx.Route]:
     """Real service-account credentials from GOOGLE_APPLICATION_CREDENTIALS; Google's token endpoint is faked."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -120,13 +120,14 @@ def service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     path = tmp_path / "sa.json"
     path.write_text(json.dumps(info))
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as google:
-        google.post(TOKEN_URI, json={"access_token": ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"})
-        yield google
+    with respx.mock(assert_all_called=False) as google:
+        yield google.post(TOKEN_URI).respond(
+            json={"access_token": ACCESS_TOKEN, "expires_in": 3600, "token_type": "Bearer"}
+        )
 
 
 @pytest.fixture
-def directory(service_account: responses.RequestsMock) -> Iterator[FakeCloudIdentity]:
+def directory(service_account: respx.Route) -> Iterator[FakeCloudIdentity]:
     fake = FakeCloudIdentity(
         {
             "eng@example.com": [
@@ -231,14 +232,14 @@ async def test_a_group_that_does_not_exist_has_no_members(
 
 
 async def test_credentials_come_from_the_token_endpoint_and_a_rejected_token_is_replaced_once(
-    directory: FakeCloudIdentity, service_account: responses.RequestsMock
+    directory: FakeCloudIdentity, service_account: respx.Route
 ) -> None:
     resolver = CloudIdentityGroups(["ml@example.com"])
     await resolver.start()
     try:
         assert len(service_account.calls) == 1
         token_request = service_account.calls[0].request
-        assert "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" in str(token_request.body)
+        assert "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" in token_request.content.decode()
 
         directory.unauthorized_once = True
         directory.groups["ml@example.com"].append(("katherine@example.com", "USER"))
@@ -248,6 +249,19 @@ async def test_credentials_come_from_the_token_endpoint_and_a_rejected_token_is_
         assert resolver.groups_of("katherine@example.com") == {"ml@example.com"}
     finally:
         await resolver.aclose()
+
+
+async def test_the_lifespan_client_for_google_is_used_for_tokens_and_the_api_and_left_open(
+    directory: FakeCloudIdentity, service_account: respx.Route
+) -> None:
+    async with google_client() as client:
+        resolver = CloudIdentityGroups(["ml@example.com"], client=client)
+        await resolver.start()
+        await resolver.aclose()
+
+        assert resolver.groups_of("ada@example.com") == {"ml@example.com"}
+        assert service_account.call_count == 1 and directory.seen
+        assert not client.is_closed  # the lifespan closes it, after everything that uses it
 
 
 async def test_membership_is_refreshed_in_the_background(directory: FakeCloudIdentity) -> None:

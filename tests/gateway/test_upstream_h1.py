@@ -9,6 +9,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,27 @@ from cryptography.x509.oid import NameOID
 
 from gateway.upstreams.h1 import HIGH_WATER, H1Transport
 from gateway.upstreams.transport import (
-    ConnectError,
-    ConnectTimeout,
-    ReadTimeout,
-    RemoteProtocolError,
+    FailureKind,
+    UpstreamConnectError,
     UpstreamRequest,
-    WriteTimeout,
+    UpstreamTimeout,
+    UpstreamTransportError,
 )
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
+
+
+@contextmanager
+def failure(kind: FailureKind, match: str | None = None) -> Iterator[None]:
+    """The transport fails with this kind, as the class the relay answers it by (502, 504, nothing sent)."""
+    with pytest.raises(UpstreamTransportError, match=match) as caught:
+        yield
+    assert caught.value.kind == kind
+    if kind in (FailureKind.CONNECT_TIMEOUT, FailureKind.READ_TIMEOUT, FailureKind.WRITE_TIMEOUT):
+        assert isinstance(caught.value, UpstreamTimeout)
+    else:
+        assert not isinstance(caught.value, UpstreamTimeout)
+    assert isinstance(caught.value, UpstreamConnectError) == (kind == FailureKind.CONNECT)
 
 
 @pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
@@ -237,7 +250,7 @@ def test_new_connection_dropped_without_reply_is_not_retried() -> None:
     async def main() -> None:
         async with Server(reply_with(keep=False)) as server:
             upstream = client()
-            with pytest.raises(RemoteProtocolError, match="before replying"):
+            with failure(FailureKind.PROTOCOL, match="before replying"):
                 await upstream.send(post(server.url))
             await upstream.aclose()
         assert server.connections == 1
@@ -276,7 +289,7 @@ def test_silent_server_is_a_read_timeout() -> None:
         async with Server(silent) as server:
             upstream = client(read_timeout=0.2)
             started = time.monotonic()
-            with pytest.raises(ReadTimeout, match="no reply from upstream within 0.2s"):
+            with failure(FailureKind.READ_TIMEOUT, match="no reply from upstream within 0.2s"):
                 await upstream.send(post(server.url))
             assert time.monotonic() - started < 2
             await upstream.aclose()
@@ -289,7 +302,7 @@ def test_server_silent_mid_body_is_a_read_timeout() -> None:
         async with Server(reply_with(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf", pause=5)) as server:
             upstream = client(read_timeout=0.2)
             response = await upstream.send(post(server.url))
-            with pytest.raises(ReadTimeout):
+            with failure(FailureKind.READ_TIMEOUT):
                 await response.aread()
             await upstream.aclose()
 
@@ -316,7 +329,7 @@ def test_tls_handshake_that_never_ends_is_a_connect_timeout() -> None:
             listener.listen()  # the TCP connection opens; no TLS reply ever comes
             upstream = client(connect_timeout=0.3)
             started = time.monotonic()
-            with pytest.raises(ConnectTimeout, match="within 0.3s"):
+            with failure(FailureKind.CONNECT_TIMEOUT, match="within 0.3s"):
                 await upstream.send(post(f"https://127.0.0.1:{listener.getsockname()[1]}/v1/messages"))
             assert time.monotonic() - started < 2
             await upstream.aclose()
@@ -331,7 +344,7 @@ def test_refused_connection_is_a_connect_error() -> None:
 
     async def main() -> None:
         upstream = client()
-        with pytest.raises(ConnectError, match="connection refused"):
+        with failure(FailureKind.CONNECT, match="connection refused"):
             await upstream.send(post(dead))
         await upstream.aclose()
 
@@ -346,7 +359,7 @@ def test_upstream_that_stops_reading_the_body_times_out_on_write() -> None:
             url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1/messages"
             upstream = client(write_timeout=0.3)
             started = time.monotonic()
-            with pytest.raises(WriteTimeout):
+            with failure(FailureKind.WRITE_TIMEOUT):
                 await upstream.send(post(url, b"x" * 50_000_000))
             assert time.monotonic() - started < 2
             await upstream.aclose()
@@ -360,7 +373,7 @@ def test_pool_limit_waits_for_a_free_connection_then_times_out() -> None:
             upstream = client(max_connections=1, pool_timeout=0.2)
             held = await upstream.send(post(server.url))
             started = time.monotonic()
-            with pytest.raises(ConnectTimeout, match="no free upstream connection within 0.2s"):
+            with failure(FailureKind.CONNECT_TIMEOUT, match="no free upstream connection within 0.2s"):
                 await upstream.send(post(server.url))
             assert 0.15 < time.monotonic() - started < 2
 
@@ -556,7 +569,7 @@ def test_https_upstream_verified_against_the_given_roots(tmp_path: Path) -> None
             assert server.connections == 1
 
             default = client()  # certifi's roots do not know this certificate
-            with pytest.raises(ConnectError, match="not trusted"):
+            with failure(FailureKind.CONNECT, match="not trusted"):
                 await default.send(post(server.url))
             await default.aclose()
 
