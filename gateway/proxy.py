@@ -24,7 +24,8 @@ from gateway.policy.budget import BudgetHeaders
 from gateway.pricing import PriceTable
 from gateway.relay_errors import SHUTTING_DOWN, shutdown_error, sse_error, unavailable, unfinished, upstream_failure
 from gateway.upstreams.base import UpstreamCall, UpstreamUnavailable
-from gateway.upstreams.transport import UpstreamResponse, UpstreamTimeout, UpstreamTransportError
+from gateway.upstreams.errors import UpstreamTimeout, UpstreamTransportError
+from gateway.upstreams.transport import UpstreamResponse
 from gateway.vertex_inbound import as_anthropic, with_anthropic_version
 
 if TYPE_CHECKING:

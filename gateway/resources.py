@@ -103,7 +103,6 @@ class Resources:
         if capture is not None:
             await capture.start()
         self.trail = AuditTrail(settings, writer, capture, started_telemetry)
-        # Last, so a start-up that fails earlier leaves no aiohttp session unclosed.
         self.transport = UpstreamTransport.from_settings(settings)
         logger.info(
             "gateway %s started: upstreams %s, audit sink %s%s",

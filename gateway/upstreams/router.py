@@ -30,7 +30,8 @@ import orjson
 
 from gateway.upstreams.base import Upstream, UpstreamCall, UpstreamError, UpstreamResult, UpstreamUnavailable
 from gateway.upstreams.breaker import CircuitBreaker, parse_retry_after
-from gateway.upstreams.transport import UpstreamResponse, UpstreamTimeout, UpstreamTransport, UpstreamTransportError
+from gateway.upstreams.errors import UpstreamTimeout, UpstreamTransportError
+from gateway.upstreams.transport import UpstreamResponse, UpstreamTransport
 
 logger = logging.getLogger("gateway.upstreams")
 
