@@ -23,6 +23,7 @@ from gateway.policy.engine import GroupPolicy
 from gateway.policy.factory import counters, group_resolver
 from gateway.policy.loader import load_policy
 from gateway.policy.model import Policy
+from gateway.price_sources import load_prices
 from gateway.pricing import PriceTable
 from gateway.telemetry.sink import telemetry_writer
 from gateway.trail import AuditTrail
@@ -75,7 +76,7 @@ class Resources:
     async def start(self) -> None:
         settings = self.settings
         # Fail at start-up, not at the first request: a bad sink or price file is a configuration error.
-        self.prices = PriceTable.load(settings.pricing_file)
+        self.prices = load_prices(settings.pricing_file)
         rules = load_policy(settings.policy_file) if settings.policy_file else None
         self.models = ModelTable.load(settings.models)
         writer = AuditWriter.from_settings(settings)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.models import ModelTable
+from gateway.price_sources import load_prices
 from gateway.pricing import RULE_LIST, PriceTable, Rates
 from tests.support import claude_code
 
@@ -31,7 +32,7 @@ def catalog() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def prices() -> PriceTable:
-    return PriceTable.load()
+    return load_prices()
 
 
 def rates(tier: dict[str, Any]) -> Rates:

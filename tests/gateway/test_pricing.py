@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 from gateway.metering import Usage
-from gateway.pricing import RULE_FAMILY_MAX, RULE_LIST, RULE_OVERALL_MAX, PriceTable, Rates, _Library, read_price_file
+from gateway.price_sources import GenaiPrices, load_prices, read_price_file
+from gateway.pricing import RULE_FAMILY_MAX, RULE_LIST, RULE_OVERALL_MAX, PriceTable, Rates
 
 
 @pytest.fixture
 def table() -> PriceTable:
-    return PriceTable.load()
+    return load_prices()
 
 
 def write(tmp_path: Path, data: Any) -> str:
@@ -187,7 +188,7 @@ def test_lookup_is_cached_per_model_string(table: PriceTable) -> None:
 
 
 def test_many_distinct_model_strings_do_not_break_lookup() -> None:
-    table = PriceTable.load()
+    table = load_prices()
     for i in range(5000):
         table.price_for(f"client-chosen-{i}")
     assert table.price_for("claude-haiku-4-5")[0].rates.output == 5
@@ -198,7 +199,7 @@ def test_operator_file_takes_precedence_for_the_models_it_names(tmp_path: Path) 
             "long_prompt": {"above_prompt_tokens": 500_000, "input": 4, "output": 20, "cache_write": 5,
                             "cache_read": 0.4},
             "fast": {"input": 6, "output": 30, "cache_write": 7.5, "cache_read": 0.6}}
-    table = PriceTable.load(write(tmp_path, valid_file(**{"claude-opus-5-5": opus})))
+    table = load_prices(write(tmp_path, valid_file(**{"claude-opus-5-5": opus})))
 
     priced = table.cost("claude-opus-5-5", Usage(input_tokens=400_000, output_tokens=MILLION))
     assert (priced.cost_usd, priced.rule) == (10.8, RULE_LIST)
@@ -215,14 +216,14 @@ def test_operator_file_takes_precedence_for_the_models_it_names(tmp_path: Path) 
 def test_operator_file_without_metadata_beyond_unit_is_accepted(tmp_path: Path) -> None:
     data = valid_file()
     del data["source"], data["as_of"], data["currency"]
-    assert PriceTable.load(write(tmp_path, data)).price_for("claude-sonnet-4-5")[0].rates.input == 2
+    assert load_prices(write(tmp_path, data)).price_for("claude-sonnet-4-5")[0].rates.input == 2
 
 
 def test_every_gap_table_entry_is_something_genai_prices_lacks_or_has_otherwise() -> None:
     """The gap table must shrink as the library catches up: an entry the library now matches is stale."""
     path = Path(__file__).parents[2] / "gateway" / "data" / "pricing.json"
     gaps = PriceTable([read_price_file(str(path))])
-    library = PriceTable([], _Library())
+    library = PriceTable([], GenaiPrices())
     for model in json.loads(path.read_text())["models"]:
         ours, theirs = gaps.price_for(model)[0], library.price_for(model)
         assert theirs[1] != RULE_LIST or (ours.rates, ours.long_prompt, ours.fast) != (
@@ -275,7 +276,7 @@ def _entry(**changes: Any) -> dict[str, Any]:
 def test_broken_file_raises_value_error_naming_file_and_reason(tmp_path: Path, data: Any, reason: str) -> None:
     path = write(tmp_path, data)
     with pytest.raises(ValueError) as excinfo:
-        PriceTable.load(path)
+        load_prices(path)
     assert path in str(excinfo.value)
     assert reason in str(excinfo.value)
 
@@ -283,7 +284,7 @@ def test_broken_file_raises_value_error_naming_file_and_reason(tmp_path: Path, d
 def test_missing_file_raises_value_error_naming_it(tmp_path: Path) -> None:
     path = str(tmp_path / "nowhere.json")
     with pytest.raises(ValueError, match="cannot be read") as excinfo:
-        PriceTable.load(path)
+        load_prices(path)
     assert path in str(excinfo.value)
 
 
@@ -291,7 +292,7 @@ def test_file_that_is_not_utf8_raises_value_error(tmp_path: Path) -> None:
     path = tmp_path / "prices.json"
     path.write_bytes(b'{"unit": "\xff"}')
     with pytest.raises(ValueError, match="cannot be read"):
-        PriceTable.load(str(path))
+        load_prices(str(path))
 
 
 def test_every_model_the_anthropic_sdk_names_has_a_list_price(table: PriceTable) -> None:
