@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import logging.handlers
 import os
 import shlex
-import signal
 import sys
 import threading
 import urllib.error
 import urllib.request
 import webbrowser
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -27,6 +25,7 @@ from local_shim.config import DEFAULT_PORT, ShimSettings, config_dir, load_setti
 from local_shim.errors import ConfigError, ShimError
 from local_shim.login import login, logout
 from local_shim.output import Output
+from local_shim.run import run_command
 from local_shim.server import bind_loopback, create_app, make_server
 from local_shim.store import TokenStore, local_secret
 
@@ -230,72 +229,7 @@ def cmd_run(args: argparse.Namespace, out: Output) -> int:
     # The child owns the terminal (Claude Code draws a full-screen UI), so the shim logs to a file.
     log_path = config_dir() / LOG_FILE
     _log_to(logging.handlers.RotatingFileHandler(log_path, maxBytes=1_000_000, backupCount=1))
-    return asyncio.run(_run(settings, secret, command, out))
-
-
-async def _run(settings: ShimSettings, secret: str, command: list[str], out: Output) -> int:
-    async with build_provider(settings) as provider:
-        await provider.get()  # say now, not inside Claude Code, if the sign-in is missing
-        sock = bind_loopback(settings.host, settings.port)
-        port = sock.getsockname()[1]
-        server = make_server(
-            create_app(settings, port=port, secret=secret, provider=provider), access_log=False, handle_signals=False
-        )
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            while not server.started:
-                if serving.done():
-                    await serving
-                    raise ShimError(f"The shim did not start; see {config_dir() / LOG_FILE}.")
-                await asyncio.sleep(0.01)
-            try:
-                child = await asyncio.create_subprocess_exec(*command, env=child_environment(port, secret))
-            except FileNotFoundError:
-                out.error(f"command not found: {command[0]}")
-                return 127
-            except PermissionError:
-                out.error(f"permission denied: {command[0]}")
-                return 126
-            with _signals_go_to(child):
-                code = await child.wait()
-        finally:
-            server.should_exit = True
-            await serving
-    return code if code >= 0 else 128 - code
-
-
-def child_environment(port: int, secret: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for `claude-shim run`'s command: Anthropic clients pointed at the shim."""
-    env = dict(os.environ if base is None else base)
-    env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{port}"
-    env["ANTHROPIC_AUTH_TOKEN"] = secret
-    env.pop("ANTHROPIC_API_KEY", None)  # it would go nowhere, and Claude Code asks about it
-    for name in ("NO_PROXY", "no_proxy"):  # a corporate proxy must not be asked for 127.0.0.1
-        env[name] = ",".join(filter(None, [env.get(name), "127.0.0.1", "localhost"]))
-    return env
-
-
-@contextlib.contextmanager
-def _signals_go_to(child: asyncio.subprocess.Process) -> Iterator[None]:
-    """While the child runs, Ctrl-C is the child's business and SIGTERM/SIGHUP are passed on to it."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    handlers: dict[signal.Signals, Callable[[], None]] = {signal.SIGINT: lambda: None}
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            sig = signal.Signals[name]
-            handlers[sig] = lambda sig=sig: child.send_signal(sig)  # type: ignore[misc]
-    for sig, handler in handlers.items():
-        try:
-            loop.add_signal_handler(sig, handler)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):
-            pass  # Windows: the console delivers Ctrl-C to the child itself
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    return asyncio.run(run_command(settings, secret, command, out, log_path))
 
 
 # -- plumbing ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import respx
 
-from local_shim.cli import child_environment, main
+from local_shim.cli import main
+from local_shim.run import child_environment
 from local_shim.store import StoredLogin, TokenStore, local_secret
 from tests.local_shim.conftest import (
     CLIENT_ID,
