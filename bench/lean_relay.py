@@ -199,8 +199,13 @@ class LeanRelay:
             meter = SSEMeter()
         try:
             status, headers = await conn.start(b"\r\n".join(lines) + body)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(k, v) for k, v in headers if k not in _DROP_RESPONSE]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(k, v) for k, v in headers if k not in _DROP_RESPONSE],
+                }
+            )
             while (piece := await conn.next_piece()) is not None:
                 if meter is not None:
                     meter.feed(piece)
@@ -218,9 +223,18 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="HOST:PORT of a plain-HTTP upstream")
     parser.add_argument("--meter", action="store_true")
     args = parser.parse_args()
-    config = uvicorn.Config(LeanRelay(args.upstream, meter=args.meter), host="127.0.0.1", port=args.port,
-                            log_config=None, access_log=False, server_header=False, date_header=False,
-                            lifespan="on", loop="uvloop", http="httptools")
+    config = uvicorn.Config(
+        LeanRelay(args.upstream, meter=args.meter),
+        host="127.0.0.1",
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        lifespan="on",
+        loop="uvloop",
+        http="httptools",
+    )
     uvicorn.Server(config).run()
 
 

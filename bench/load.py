@@ -36,8 +36,20 @@ def build_request(port: int, headers: dict[str, str], body: bytes, path: str = "
 class Conn(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 
-    __slots__ = ("request", "on_done", "transport", "buf", "sent_at", "first_at", "state",
-                 "remaining", "status", "chunked", "lost", "closing")
+    __slots__ = (
+        "request",
+        "on_done",
+        "transport",
+        "buf",
+        "sent_at",
+        "first_at",
+        "state",
+        "remaining",
+        "status",
+        "chunked",
+        "lost",
+        "closing",
+    )
 
     def __init__(self, request: bytes, on_done: Callable[[Conn, int, float, float, float], None]) -> None:
         self.request = request
@@ -213,8 +225,13 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     def rank(q: float) -> float:
         return ordered[min(n - 1, max(0, int(q * n + 0.5) - 1))] * 1000
 
-    return {"p50": rank(0.50), "p95": rank(0.95), "p99": rank(0.99), "max": ordered[-1] * 1000,
-            "mean": sum(ordered) / n * 1000}
+    return {
+        "p50": rank(0.50),
+        "p95": rank(0.95),
+        "p99": rank(0.99),
+        "max": ordered[-1] * 1000,
+        "mean": sum(ordered) / n * 1000,
+    }
 
 
 def marker(text: str) -> None:
@@ -277,8 +294,9 @@ async def run_closed(port: int, request: bytes, concurrency: int, warmup: float,
     return rec.result(mode="closed", concurrency=concurrency)
 
 
-async def run_count(port: int, request: bytes, concurrency: int, requests: int, progress: int,
-                    max_seconds: float) -> dict[str, Any]:
+async def run_count(
+    port: int, request: bytes, concurrency: int, requests: int, progress: int, max_seconds: float
+) -> dict[str, Any]:
     """`requests` requests over `concurrency` connections, or fewer if `max_seconds` pass first; `PROGRESS n`
     every `progress` replies."""
     rec = Recorder()
@@ -318,8 +336,9 @@ async def run_count(port: int, request: bytes, concurrency: int, requests: int, 
     return rec.result(mode="count", concurrency=concurrency, timed_out=completed < target)
 
 
-async def run_open(port: int, request: bytes, rate: float, warmup: float, duration: float,
-                   pool: int, drain: float) -> dict[str, Any]:
+async def run_open(
+    port: int, request: bytes, rate: float, warmup: float, duration: float, pool: int, drain: float
+) -> dict[str, Any]:
     """Requests at fixed times; one waiting for a free connection is timed from when it was due."""
     rec = Recorder()
     idle: deque[Conn] = deque()
@@ -375,8 +394,9 @@ async def run_open(port: int, request: bytes, rate: float, warmup: float, durati
     rec.stop()
     rec.stopped = rec.started + duration  # the offered window, not the drain
     _close(conns)
-    return rec.result(mode="open", target_rate=rate, extra_connections=opened, send_lag=percentiles(lag),
-                      unfinished=unfinished)
+    return rec.result(
+        mode="open", target_rate=rate, extra_connections=opened, send_lag=percentiles(lag), unfinished=unfinished
+    )
 
 
 def _close(conns: list[Conn]) -> None:
@@ -409,8 +429,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.mode == "closed":
             return await run_closed(args.port, request, args.concurrency, args.warmup, args.duration)
         if args.mode == "count":
-            return await run_count(args.port, request, args.concurrency, args.requests, args.progress,
-                                   args.max_seconds)
+            return await run_count(args.port, request, args.concurrency, args.requests, args.progress, args.max_seconds)
         return await run_open(args.port, request, args.rate, args.warmup, args.duration, args.pool, args.drain)
 
     try:

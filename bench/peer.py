@@ -66,12 +66,27 @@ def claude_binary() -> Path:
     if binary is not None:
         return binary
     if shutil.which("npm") is None:
-        raise PeerUnavailable(f"npm is not installed, so {PACKAGE}@{version} cannot be installed "
-                              "(apt-get install -y npm)")
+        raise PeerUnavailable(
+            f"npm is not installed, so {PACKAGE}@{version} cannot be installed (apt-get install -y npm)"
+        )
     prefix.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--ignore-scripts",
-                           "--loglevel", "error", f"{PACKAGE}@{version}"], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            "npm",
+            "install",
+            "--prefix",
+            str(prefix),
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--loglevel",
+            "error",
+            f"{PACKAGE}@{version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     binary = _native_binary(prefix)
     if done.returncode != 0 or binary is None:
         raise PeerUnavailable(f"npm install {PACKAGE}@{version} failed: {done.stderr.strip()[-300:]}")
@@ -92,12 +107,17 @@ def oidc_mock() -> Path:
     if command.exists():
         return command
     if not (OIDC_VENV / "bin" / "python").exists():
-        made = subprocess.run([sys.executable, "-m", "venv", str(OIDC_VENV)], capture_output=True, text=True,
-                              timeout=120)
+        made = subprocess.run(
+            [sys.executable, "-m", "venv", str(OIDC_VENV)], capture_output=True, text=True, timeout=120
+        )
         if made.returncode != 0:
             raise PeerUnavailable(f"could not create {OIDC_VENV}: {made.stderr.strip()[-300:]}")
-    done = subprocess.run([str(OIDC_VENV / "bin" / "pip"), "install", "--quiet", OIDC_PACKAGE],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(OIDC_VENV / "bin" / "pip"), "install", "--quiet", OIDC_PACKAGE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0 or not command.exists():
         raise PeerUnavailable(f"pip install {OIDC_PACKAGE} into {OIDC_VENV} failed: {done.stderr.strip()[-300:]}")
     return command
@@ -193,8 +213,12 @@ def start_column(bench: Bench, name: str) -> tuple[int, list[Proc], dict[str, st
 
 def start_oidc(bench: Bench, command: Path) -> tuple[Proc, int]:
     port = procs.free_port()
-    proc = bench.start("oidc", [str(command), "--host", "127.0.0.1", "--port", str(port)], cpu=bench.side_cpu,
-                       env=bench.env(PYTHONWARNINGS="ignore"))
+    proc = bench.start(
+        "oidc",
+        [str(command), "--host", "127.0.0.1", "--port", str(port)],
+        cpu=bench.side_cpu,
+        env=bench.env(PYTHONWARNINGS="ignore"),
+    )
     _wait_http(proc, f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=60)
     return proc, port
 
@@ -211,8 +235,13 @@ def start_peer(
         "oidc": {"issuer": f"http://127.0.0.1:{oidc_port}", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
         "session": {"jwt_secret": secrets.token_hex(32)},
         "store": {"postgres_url": f"postgres://{pg_user()}@{PG_HOST}:{PG_PORT}/{database}"},
-        "upstreams": [{"provider": "anthropic", "base_url": f"http://127.0.0.1:{bench.upstream_port}",
-                       "auth": {"api_key": "sk-ant-bench-not-a-real-key"}}],
+        "upstreams": [
+            {
+                "provider": "anthropic",
+                "base_url": f"http://127.0.0.1:{bench.upstream_port}",
+                "auth": {"api_key": "sk-ant-bench-not-a-real-key"},
+            }
+        ],
     }
     if spend:
         config["admin"] = {"write_keys": [{"id": "bench", "key": write_key}]}
@@ -220,16 +249,24 @@ def start_peer(
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML
     home = bench.run_dir / f"{name}-home"
     home.mkdir(exist_ok=True)
-    env = bench.env(CLAUDE_GATEWAY_ALLOW_LOOPBACK="1", HOME=str(home), DISABLE_AUTOUPDATER="1",
-                    DISABLE_TELEMETRY="1", DISABLE_ERROR_REPORTING="1")
+    env = bench.env(
+        CLAUDE_GATEWAY_ALLOW_LOOPBACK="1",
+        HOME=str(home),
+        DISABLE_AUTOUPDATER="1",
+        DISABLE_TELEMETRY="1",
+        DISABLE_ERROR_REPORTING="1",
+    )
     env = {k: v for k, v in env.items() if not k.startswith("CLAUDE_CODE_")}
     proc = bench.start(name, [str(binary), "gateway", "--config", str(path)], cpu=bench.sut_cpu, env=env)
     base = f"http://127.0.0.1:{port}"
     _wait_http(proc, f"{base}/.well-known/oauth-authorization-server", timeout=60)
     token = sign_in(base)
     if spend:
-        status, body = _post_json(f"{base}/v1/organizations/spend_limits", write_key,
-                                  {"scope": {"type": "organization"}, "amount": SPEND_CAP_CENTS, "period": "monthly"})
+        status, body = _post_json(
+            f"{base}/v1/organizations/spend_limits",
+            write_key,
+            {"scope": {"type": "organization"}, "amount": SPEND_CAP_CENTS, "period": "monthly"},
+        )
         if status != 200:
             raise RuntimeError(f"{name}: setting the spend cap failed: HTTP {status} {body[:300]}")
     headers = {k: v for k, v in bench.headers.items() if k not in ("x-api-key", "x-goog-iap-jwt-assertion")}
@@ -242,8 +279,9 @@ def sign_in(base: str, timeout: float = 30.0) -> str:
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect)
 
-    def call(method: str, url: str, form: dict[str, str] | None = None, origin: str | None = None) -> tuple[
-            int, str, str]:
+    def call(
+        method: str, url: str, form: dict[str, str] | None = None, origin: str | None = None
+    ) -> tuple[int, str, str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
         request = urllib.request.Request(url, data=data, method=method)
         if origin:
@@ -271,8 +309,11 @@ def sign_in(base: str, timeout: float = 30.0) -> str:
         raise RuntimeError(f"gateway callback failed: HTTP {status} {body[-300:]}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, _, body = call("POST", f"{base}/oauth/token", {
-            "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": device["device_code"]})
+        status, _, body = call(
+            "POST",
+            f"{base}/oauth/token",
+            {"grant_type": "urn:ietf:params:oauth:grant-type:device_code", "device_code": device["device_code"]},
+        )
         if status == 200:
             return str(json.loads(body)["access_token"])
         time.sleep(0.2)
@@ -285,8 +326,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _post_json(url: str, api_key: str, payload: dict[str, object]) -> tuple[int, str]:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"x-api-key": api_key, "content-type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"x-api-key": api_key, "content-type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read().decode("utf-8", "replace")

@@ -35,15 +35,26 @@ def run_load(
     body_file: Path | None = None,
 ) -> dict[str, Any]:
     """Run the load generator once; CPU of every process is read at its MEASURE_START and MEASURE_END lines."""
-    argv = [sys.executable, "-m", "bench.load", "--port", str(port), "--body-file", str(body_file or bench.body_file),
-            "--headers", json.dumps(headers or bench.headers), *mode]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--port",
+        str(port),
+        "--body-file",
+        str(body_file or bench.body_file),
+        "--headers",
+        json.dumps(headers or bench.headers),
+        *mode,
+    ]
     if bench.side_cpu is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", bench.side_cpu, *argv]
     if bench.nice:
         argv = ["nice", "-n", str(bench.nice), *argv]
     with (bench.run_dir / "load.log").open("ab") as log:
-        load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=procs.BENCH_DIR.parent,
-                                env=bench.env())
+        load = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=procs.BENCH_DIR.parent, env=bench.env()
+        )
     killer = threading.Timer(limit, load.kill)
     killer.start()
     watched = {proc.name: proc for proc in servers}
@@ -100,25 +111,63 @@ def measure(
     result: dict[str, Any] = {}
     result["c1"] = load(["--mode", "closed", "--concurrency", "1", "--warmup", "0.2", "--duration", str(plan.c1)])
     for key, concurrency in (("c50", 50), ("c200", 200)):
-        result[key] = load(["--mode", "closed", "--concurrency", str(concurrency), "--warmup",
-                            str(plan.closed_warmup), "--duration", str(plan.closed)])
-    result["open"] = load(["--mode", "open", "--rate", str(args.open_rate), "--warmup", str(plan.open_warmup),
-                           "--duration", str(plan.open_duration), "--drain", str(max(1.0, plan.open_duration / 3))])
+        result[key] = load(
+            [
+                "--mode",
+                "closed",
+                "--concurrency",
+                str(concurrency),
+                "--warmup",
+                str(plan.closed_warmup),
+                "--duration",
+                str(plan.closed),
+            ]
+        )
+    result["open"] = load(
+        [
+            "--mode",
+            "open",
+            "--rate",
+            str(args.open_rate),
+            "--warmup",
+            str(plan.open_warmup),
+            "--duration",
+            str(plan.open_duration),
+            "--drain",
+            str(max(1.0, plan.open_duration / 3)),
+        ]
+    )
     result["peak_rss_kb"] = sum(proc.peak_rss_kb() for proc in servers) or None
     c1, c50 = result["c1"], result["c50"]
-    say(f"  {name:<12} c=1 total p50 {c1['total'].get('p50', 0):.3f} ms p99 {c1['total'].get('p99', 0):.3f} ms"
+    say(
+        f"  {name:<12} c=1 total p50 {c1['total'].get('p50', 0):.3f} ms p99 {c1['total'].get('p99', 0):.3f} ms"
         f" | c=50 {c50['rps']:,.0f} req/s | c=200 {result['c200']['rps']:,.0f} req/s"
-        f" | open p99 {result['open']['total'].get('p99', 0):.3f} ms")
+        f" | open p99 {result['open']['total'].get('p99', 0):.3f} ms"
+    )
     if bench.per_event_body is not None:
         body = bench.per_event_body
         events: dict[str, Any] = {}
-        events["c1"] = load(["--mode", "closed", "--concurrency", "1", "--warmup", "0.2", "--duration",
-                             str(plan.c1)], body)
-        events["c50"] = load(["--mode", "closed", "--concurrency", "50", "--warmup", str(plan.closed_warmup),
-                              "--duration", str(plan.closed)], body)
+        events["c1"] = load(
+            ["--mode", "closed", "--concurrency", "1", "--warmup", "0.2", "--duration", str(plan.c1)], body
+        )
+        events["c50"] = load(
+            [
+                "--mode",
+                "closed",
+                "--concurrency",
+                "50",
+                "--warmup",
+                str(plan.closed_warmup),
+                "--duration",
+                str(plan.closed),
+            ],
+            body,
+        )
         result["per_event"] = events
-        say(f"  {'':<12} per event: c=1 total p50 {events['c1']['total'].get('p50', 0):.3f} ms"
-            f" | c=50 {events['c50']['rps']:,.0f} req/s")
+        say(
+            f"  {'':<12} per event: c=1 total p50 {events['c1']['total'].get('p50', 0):.3f} ms"
+            f" | c=50 {events['c50']['rps']:,.0f} req/s"
+        )
     return result
 
 
@@ -129,9 +178,25 @@ def soak(bench: Bench, gateway: Proc, port: int, requests: int, seconds: float) 
     def on_progress(done: int) -> None:
         samples.append((done, gateway.rss_kb()))
 
-    result = run_load(bench, port, ["--mode", "count", "--concurrency", "50", "--requests", str(requests),
-                                    "--progress", str(step), "--max-seconds", str(seconds)], [gateway],
-                      on_progress=on_progress, limit=seconds + 120)
+    result = run_load(
+        bench,
+        port,
+        [
+            "--mode",
+            "count",
+            "--concurrency",
+            "50",
+            "--requests",
+            str(requests),
+            "--progress",
+            str(step),
+            "--max-seconds",
+            str(seconds),
+        ],
+        [gateway],
+        on_progress=on_progress,
+        limit=seconds + 120,
+    )
     done = result["requests"] + result["errors"]
     samples.append((done, gateway.rss_kb()))
     # Warm-up is the first tenth of the soak; growth is measured from there.
@@ -157,18 +222,41 @@ def profile(bench: Bench, gateway: Proc, port: int, seconds: float, concurrency:
         say("  py-spy not found: `.venv/bin/pip install py-spy` to profile; skipped")
         return None
     out = bench.run_dir / "gateway.collapsed"
-    spy = subprocess.Popen([py_spy, "record", "--pid", str(gateway.pid), "--duration", str(int(seconds)),
-                            "--rate", "200", "--format", "raw", "--output", str(out)],
-                           stdout=subprocess.DEVNULL, stderr=(bench.run_dir / "py-spy.log").open("ab"))
+    spy = subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(gateway.pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(bench.run_dir / "py-spy.log").open("ab"),
+    )
     time.sleep(1.0)  # py-spy attaches
-    load = run_load(bench, port, ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "0",
-                                  "--duration", str(seconds - 1)], [gateway])
+    load = run_load(
+        bench,
+        port,
+        ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "0", "--duration", str(seconds - 1)],
+        [gateway],
+    )
     spy.wait(timeout=60)
     if not out.exists():
         say(f"  py-spy wrote no profile: {(bench.run_dir / 'py-spy.log').read_text()[-500:]}")
         return None
     stacks = summariser.parse_collapsed(out.read_text())
     cpu = load["cpu"]["servers"]["gateway"]
-    return {"summary": summariser.summarise(stacks), "stacks": dict(stacks), "concurrency": concurrency,
-            "cpu_us_per_request": cpu / load["requests"] * 1e6 if load["requests"] else None,
-            "rps_while_profiled": load["rps"]}
+    return {
+        "summary": summariser.summarise(stacks),
+        "stacks": dict(stacks),
+        "concurrency": concurrency,
+        "cpu_us_per_request": cpu / load["requests"] * 1e6 if load["requests"] else None,
+        "rps_while_profiled": load["rps"],
+    }

@@ -171,7 +171,5 @@ def write_nginx_conf(run_dir: Path, port: int, upstream_port: int) -> Path:
     # Workers would drop to `nobody`, who cannot write the run directory; as root, stay root.
     user_line = "user root;" if os.geteuid() == 0 else ""
     conf = run_dir / "nginx.conf"
-    conf.write_text(
-        template.substitute(user_line=user_line, run_dir=run_dir, port=port, upstream_port=upstream_port)
-    )
+    conf.write_text(template.substitute(user_line=user_line, run_dir=run_dir, port=port, upstream_port=upstream_port))
     return conf

@@ -62,11 +62,13 @@ class Relay:
 
             meter = SSEMeter()
         try:
-            await send({
-                "type": "http.response.start",
-                "status": response.status_code,
-                "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _DROP_RESPONSE],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _DROP_RESPONSE],
+                }
+            )
             async for chunk in response.aiter_raw():
                 if meter is not None:
                     meter.feed(chunk)

@@ -106,8 +106,11 @@ def _capacity(paths: dict[str, Any], name: str) -> float | None:
 
 def _errors(path: dict[str, Any]) -> int:
     """Non-200 replies and broken connections, plus open-loop requests still unanswered at the end."""
-    return sum(int(phase.get("errors", 0)) + int(phase.get("unfinished", 0))
-               for phase in path.values() if isinstance(phase, dict))
+    return sum(
+        int(phase.get("errors", 0)) + int(phase.get("unfinished", 0))
+        for phase in path.values()
+        if isinstance(phase, dict)
+    )
 
 
 def _client_cpu(path: dict[str, Any]) -> float | None:
@@ -160,8 +163,7 @@ def render_table(paths: dict[str, Any]) -> str:
             cells.append(_fmt(values.get(name), kind, signed=kind == "ms" and name != "direct"))
         for _, other in ratios:
             gw, them = values.get("gateway"), values.get(other)
-            cells.append(f"{gw / them:.1f}x" if gw is not None and them and kind in ("ms", "rps", "cpu", "mb")
-                         else "")
+            cells.append(f"{gw / them:.1f}x" if gw is not None and them and kind in ("ms", "rps", "cpu", "mb") else "")
         lines.append(cells)
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     out = ["  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(header))]
@@ -181,48 +183,83 @@ def targets(
     nginx_p99 = added(paths, "nginx", "c1", "total", "p99")
     checks.append((f"c=1 added total p50 <= {C1_P50_MS} ms", _ms(p50), None if p50 is None else p50 <= C1_P50_MS))
     if nginx_p99 is None:
-        checks.append((f"c=1 added total p99 <= nginx's + {C1_P99_OVER_NGINX_MS} ms", _ms(p99) + " (no nginx)",
-                       None))
+        checks.append((f"c=1 added total p99 <= nginx's + {C1_P99_OVER_NGINX_MS} ms", _ms(p99) + " (no nginx)", None))
     else:
-        checks.append((f"c=1 added total p99 <= nginx's + {C1_P99_OVER_NGINX_MS} ms",
-                       f"{_ms(p99)} against nginx {_ms(nginx_p99)}",
-                       None if p99 is None else p99 <= nginx_p99 + C1_P99_OVER_NGINX_MS))
+        checks.append(
+            (
+                f"c=1 added total p99 <= nginx's + {C1_P99_OVER_NGINX_MS} ms",
+                f"{_ms(p99)} against nginx {_ms(nginx_p99)}",
+                None if p99 is None else p99 <= nginx_p99 + C1_P99_OVER_NGINX_MS,
+            )
+        )
     rps = _get(paths.get("gateway"), "c50", "rps")
-    checks.append((f"c=50 closed loop >= {C50_RPS:,.0f} req/s", "-" if rps is None else f"{rps:,.0f} req/s",
-                   None if rps is None else rps >= C50_RPS))
+    checks.append(
+        (
+            f"c=50 closed loop >= {C50_RPS:,.0f} req/s",
+            "-" if rps is None else f"{rps:,.0f} req/s",
+            None if rps is None else rps >= C50_RPS,
+        )
+    )
     for other, factor in (("peer", PEER_RPS_FACTOR), ("peer+spend", PEER_SPEND_RPS_FACTOR)):
         theirs = _get(paths.get(other), "c50", "rps")
         if theirs and rps is not None:
-            checks.append((f"c=50 req/s >= {factor}x {LABELS[other]}'s", f"{rps / theirs:.2f}x ({rps:,.0f} against "
-                           f"{theirs:,.0f})", rps >= factor * theirs))
+            checks.append(
+                (
+                    f"c=50 req/s >= {factor}x {LABELS[other]}'s",
+                    f"{rps / theirs:.2f}x ({rps:,.0f} against {theirs:,.0f})",
+                    rps >= factor * theirs,
+                )
+            )
         else:
             checks.append((f"c=50 req/s >= {factor}x {LABELS[other]}'s", "not run", None))
     events = per_event_paths(paths) or (paths if _per_event_run(paths) else {})
     event_rps = _get(events.get("gateway"), "c50", "rps")
     event_cpu = cpu_per_1k(events, "gateway")
-    checks.append((f"per-event c=50 >= {PER_EVENT_C50_RPS:,.0f} req/s",
-                   "not run" if event_rps is None else f"{event_rps:,.0f} req/s",
-                   None if event_rps is None else event_rps >= PER_EVENT_C50_RPS))
-    checks.append((f"per-event c=50 CPU <= {PER_EVENT_CPU_MS} ms per request",
-                   "not run" if event_cpu is None else f"{event_cpu:.2f} ms",
-                   None if event_cpu is None else event_cpu <= PER_EVENT_CPU_MS))
+    checks.append(
+        (
+            f"per-event c=50 >= {PER_EVENT_C50_RPS:,.0f} req/s",
+            "not run" if event_rps is None else f"{event_rps:,.0f} req/s",
+            None if event_rps is None else event_rps >= PER_EVENT_C50_RPS,
+        )
+    )
+    checks.append(
+        (
+            f"per-event c=50 CPU <= {PER_EVENT_CPU_MS} ms per request",
+            "not run" if event_cpu is None else f"{event_cpu:.2f} ms",
+            None if event_cpu is None else event_cpu <= PER_EVENT_CPU_MS,
+        )
+    )
     open_p99 = added(paths, "gateway", "open", "total", "p99")
-    checks.append((f"open loop added total p99 < {OPEN_P99_MS} ms", _ms(open_p99),
-                   None if open_p99 is None else open_p99 < OPEN_P99_MS))
+    checks.append(
+        (
+            f"open loop added total p99 < {OPEN_P99_MS} ms",
+            _ms(open_p99),
+            None if open_p99 is None else open_p99 < OPEN_P99_MS,
+        )
+    )
     if soak and soak.get("samples"):
         growth = soak["growth_mb"]
-        checks.append((f"memory flat over {soak['requests']:,} of {soak['asked']:,} requests (growth <= "
-                       f"{RSS_GROWTH_MB} MB)",
-                       f"{growth:+.1f} MB after warm-up", growth <= RSS_GROWTH_MB))
+        checks.append(
+            (
+                f"memory flat over {soak['requests']:,} of {soak['asked']:,} requests (growth <= {RSS_GROWTH_MB} MB)",
+                f"{growth:+.1f} MB after warm-up",
+                growth <= RSS_GROWTH_MB,
+            )
+        )
     else:
         checks.append(("memory flat over the soak", "not run", None))
     relay = cpu_per_1k(paths, "relay")
     if relay and meter:
         # Metering's own cost (in-process, exact) over the bare relay's measured CPU per request.
         share = meter["bench_us"] / (relay * 1000)
-        checks.append((f"SSE metering adds < {METER_CPU_SHARE:.0%} CPU over a bare relay",
-                       f"{meter['bench_us']:.0f} us per reply = {share:.1%} of the bare relay's "
-                       f"{relay * 1000:.0f} us per request", share < METER_CPU_SHARE))
+        checks.append(
+            (
+                f"SSE metering adds < {METER_CPU_SHARE:.0%} CPU over a bare relay",
+                f"{meter['bench_us']:.0f} us per reply = {share:.1%} of the bare relay's "
+                f"{relay * 1000:.0f} us per request",
+                share < METER_CPU_SHARE,
+            )
+        )
     else:
         checks.append(("SSE metering adds < 5% CPU over a bare relay", "not run", None))
     return checks
@@ -245,15 +282,21 @@ def render_targets(paths: dict[str, Any], soak: dict[str, Any] | None, meter: di
     gw, relay, lean = cpu_per_1k(paths, "gateway"), cpu_per_1k(paths, "relay"), cpu_per_1k(paths, "lean")
     metered = cpu_per_1k(paths, "relay+meter")
     if relay and metered:
-        lines.append(f"  (info) relay+meter over relay end to end: {metered / relay - 1:+.0%} CPU per request "
-                     "(noise at this size)")
+        lines.append(
+            f"  (info) relay+meter over relay end to end: {metered / relay - 1:+.0%} CPU per request "
+            "(noise at this size)"
+        )
     if meter:
-        lines.append(f"  (info) metering one reply in process: {meter['one_chunk_us']:.0f} us as one chunk, "
-                     f"{meter['per_event_us']:.0f} us fed one event per chunk")
+        lines.append(
+            f"  (info) metering one reply in process: {meter['one_chunk_us']:.0f} us as one chunk, "
+            f"{meter['per_event_us']:.0f} us fed one event per chunk"
+        )
     if meter and lean:
-        lines.append(f"  (info) metering over the lean relay's {lean * 1000:.0f} us per request: "
-                     f"{meter['one_chunk_us'] / (lean * 1000):.0%} (one chunk), "
-                     f"{meter['per_event_us'] / (lean * 1000):.0%} (per event)")
+        lines.append(
+            f"  (info) metering over the lean relay's {lean * 1000:.0f} us per request: "
+            f"{meter['one_chunk_us'] / (lean * 1000):.0%} (one chunk), "
+            f"{meter['per_event_us'] / (lean * 1000):.0%} (per event)"
+        )
     if gw and relay:
         lines.append(f"  (info) full gateway CPU over the bare relay: {gw / relay - 1:+.0%} per request")
     if gw and lean:
@@ -262,8 +305,10 @@ def render_targets(paths: dict[str, Any], soak: dict[str, Any] | None, meter: di
 
 
 def render_soak(soak: dict[str, Any]) -> str:
-    lines = [f"Memory over {soak['requests']:,} gateway requests (c={soak['concurrency']}, "
-             f"{soak['rps']:,.0f} req/s, {soak['errors']} errors): RSS in MB"]
+    lines = [
+        f"Memory over {soak['requests']:,} gateway requests (c={soak['concurrency']}, "
+        f"{soak['rps']:,.0f} req/s, {soak['errors']} errors): RSS in MB"
+    ]
     if soak["requests"] < soak["asked"]:
         lines.append(f"  (stopped by the time limit before the {soak['asked']:,} asked for)")
     for count, kb in soak["samples"]:

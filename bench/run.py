@@ -1,7 +1,7 @@
 """The one benchmark command: start everything, drive every path with the same load, print one table.
 
-    .venv/bin/python -m bench            # full run, a few minutes
-    .venv/bin/python -m bench --quick    # about a minute
+.venv/bin/python -m bench            # full run, a few minutes
+.venv/bin/python -m bench --quick    # about a minute
 """
 
 from __future__ import annotations
@@ -47,10 +47,26 @@ class Plan:
     soak_seconds: float
 
 
-FULL = Plan(c1=4.0, closed=4.0, closed_warmup=1.0, open_duration=8.0, open_warmup=0.5, warm_requests=500,
-            soak=100_000, soak_seconds=150.0)
-QUICK = Plan(c1=0.8, closed=0.8, closed_warmup=0.3, open_duration=1.5, open_warmup=0.2, warm_requests=50,
-             soak=3_000, soak_seconds=5.0)
+FULL = Plan(
+    c1=4.0,
+    closed=4.0,
+    closed_warmup=1.0,
+    open_duration=8.0,
+    open_warmup=0.5,
+    warm_requests=500,
+    soak=100_000,
+    soak_seconds=150.0,
+)
+QUICK = Plan(
+    c1=0.8,
+    closed=0.8,
+    closed_warmup=0.3,
+    open_duration=1.5,
+    open_warmup=0.2,
+    warm_requests=50,
+    soak=3_000,
+    soak_seconds=5.0,
+)
 
 
 @dataclass
@@ -98,8 +114,12 @@ class Bench:
             self.started.remove(proc)
 
     def ready_request(self) -> tuple[str, str, bytes, dict[str, str]]:
-        return ("POST", "/v1/messages", self.body_file.read_bytes(),
-                {**self.headers, "content-type": "application/json"})
+        return (
+            "POST",
+            "/v1/messages",
+            self.body_file.read_bytes(),
+            {**self.headers, "content-type": "application/json"},
+        )
 
 
 def start_upstream(bench: Bench, keys: dict[str, str]) -> None:
@@ -108,9 +128,20 @@ def start_upstream(bench: Bench, keys: dict[str, str]) -> None:
     bench.upstream_port = procs.free_port()
     bench.upstream = bench.start(
         "upstream",
-        [sys.executable, "-m", "bench.upstream", "--port", str(bench.upstream_port), "--deltas",
-         str(bench.args.deltas), "--delay-ms", str(bench.args.delay_ms), "--keys", str(keys_file),
-         *(["--per-event"] if bench.args.per_event else [])],
+        [
+            sys.executable,
+            "-m",
+            "bench.upstream",
+            "--port",
+            str(bench.upstream_port),
+            "--deltas",
+            str(bench.args.deltas),
+            "--delay-ms",
+            str(bench.args.delay_ms),
+            "--keys",
+            str(keys_file),
+            *(["--per-event"] if bench.args.per_event else []),
+        ],
         cpu=bench.side_cpu,
     )
     procs.wait_ready(bench.upstream, bench.upstream_port, bench.ready_request())
@@ -155,15 +186,25 @@ def _start_ours(bench: Bench, name: str, gateway: tuple[Proc, int] | None) -> tu
         assert binary is not None
         port = procs.free_port()
         conf = procs.write_nginx_conf(bench.run_dir, port, bench.upstream_port)
-        proc = bench.start("nginx", [binary, "-e", str(bench.run_dir / "nginx-error.log"), "-c", str(conf),
-                                     "-g", "daemon off;"], cpu=bench.sut_cpu)
+        proc = bench.start(
+            "nginx",
+            [binary, "-e", str(bench.run_dir / "nginx-error.log"), "-c", str(conf), "-g", "daemon off;"],
+            cpu=bench.sut_cpu,
+        )
         procs.wait_ready(proc, port, bench.ready_request())
         return port, [proc]
     if name in ("relay", "relay+meter", "relay-httpx2", "lean"):
         port = procs.free_port()
         if name == "lean":
-            argv = [sys.executable, "-m", "bench.lean_relay", "--port", str(port), "--upstream",
-                    f"127.0.0.1:{bench.upstream_port}"]
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.lean_relay",
+                "--port",
+                str(port),
+                "--upstream",
+                f"127.0.0.1:{bench.upstream_port}",
+            ]
         else:
             argv = [sys.executable, "-m", "bench.relay", "--port", str(port), "--upstream", upstream]
         if name == "relay+meter":
@@ -177,9 +218,21 @@ def _start_ours(bench: Bench, name: str, gateway: tuple[Proc, int] | None) -> tu
     if name == "gateway":
         return gateway[1], [gateway[0]]
     port = procs.free_port()
-    shim = bench.start("shim", [sys.executable, "-m", "bench.shim", "--port", str(port), "--gateway",
-                                f"http://127.0.0.1:{gateway[1]}", "--secret", bench.headers["x-api-key"]],
-                       cpu=bench.side_cpu)
+    shim = bench.start(
+        "shim",
+        [
+            sys.executable,
+            "-m",
+            "bench.shim",
+            "--port",
+            str(port),
+            "--gateway",
+            f"http://127.0.0.1:{gateway[1]}",
+            "--secret",
+            bench.headers["x-api-key"],
+        ],
+        cpu=bench.side_cpu,
+    )
     procs.wait_ready(shim, port, bench.ready_request())
     return port, [gateway[0], shim]
 
@@ -193,35 +246,59 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "kernel": platform.release()}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short phases and a 3,000-request soak (~1 minute)")
-    parser.add_argument("--paths", help="comma list of " + ", ".join(ALL_PATHS + EXTRA_PATHS) + " (default: all "
-                        "but relay-httpx2; quick: also not relay+meter, whose cost the in-process metering "
-                        "measurement gives exactly)")
+    parser.add_argument(
+        "--paths",
+        help="comma list of " + ", ".join(ALL_PATHS + EXTRA_PATHS) + " (default: all "
+        "but relay-httpx2; quick: also not relay+meter, whose cost the in-process metering "
+        "measurement gives exactly)",
+    )
     parser.add_argument("--soak", type=int, help="requests in the memory soak (default 100,000; quick 3,000; 0 off)")
     parser.add_argument("--soak-seconds", type=float, help="stop the soak after this long (default 150; quick 5)")
-    parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
-                        help="py-spy the gateway for this long, after the measured phases")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="py-spy the gateway for this long, after the measured phases",
+    )
     parser.add_argument("--profile-concurrency", type=int, default=50, help="closed-loop concurrency while profiling")
     parser.add_argument("--deltas", type=int, default=50, help="text deltas in each streamed reply")
-    parser.add_argument("--per-event", action="store_true",
-                        help="every phase with replies written one SSE event per write (default: the phases with "
-                        "whole replies, then c=1 and c=50 again with per-event replies)")
+    parser.add_argument(
+        "--per-event",
+        action="store_true",
+        help="every phase with replies written one SSE event per write (default: the phases with "
+        "whole replies, then c=1 and c=50 again with per-event replies)",
+    )
     parser.add_argument("--whole-only", action="store_true", help="skip the per-event phases (the old default)")
-    parser.add_argument("--delay-ms", type=float, default=0.0,
-                        help="upstream pause between deltas (implies --per-event; 1 ms timer resolution)")
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        help="upstream pause between deltas (implies --per-event; 1 ms timer resolution)",
+    )
     parser.add_argument("--body-bytes", type=int, default=2000, help="approximate request body size")
     parser.add_argument("--open-rate", type=float, default=200.0, help="open-loop request rate")
     parser.add_argument("--access-log", choices=["on", "off"], default="on", help="the gateway's access log")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
-    parser.add_argument("--nice", type=int, default=0,
-                        help="run every benchmark process at this nice level (e.g. -10 on a shared machine, as root)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run every benchmark process at this nice level (e.g. -10 on a shared machine, as root)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, audit.db)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/TIMESTAMP.json)")
     args = parser.parse_args(argv)
@@ -239,9 +316,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def request_body(size: int, *, per_event: bool = False) -> bytes:
     """A streamed Messages request of about `size` bytes (asking the fake upstream for a per-event reply)."""
     system = "You are Claude Code." + (f" ({PER_EVENT_MARKER.decode()})" if per_event else "")
-    base = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 4096, "stream": True,
-            "metadata": {"user_id": "bench"}, "system": system,
-            "messages": [{"role": "user", "content": ""}]}
+    base = {
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 4096,
+        "stream": True,
+        "metadata": {"user_id": "bench"},
+        "system": system,
+        "messages": [{"role": "user", "content": ""}],
+    }
     filler = max(0, size - len(json.dumps(base)))
     base["messages"][0]["content"] = ("Please refactor the relay. " * (filler // 27 + 1))[:filler]
     return json.dumps(base).encode()
@@ -276,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     run_dir = Path(tempfile.mkdtemp(prefix="claude-gw-bench-"))
     signer = AssertionSigner()
-    assertion = signer.sign("dev@example.com", audience=AUDIENCE, subject="accounts.google.com:1234567890",
-                            hd="example.com", lifetime=3600)
+    assertion = signer.sign(
+        "dev@example.com", audience=AUDIENCE, subject="accounts.google.com:1234567890", hd="example.com", lifetime=3600
+    )
     body_file = run_dir / "body.json"
     body_file.write_bytes(request_body(args.body_bytes))
     headers = {
@@ -293,17 +376,27 @@ def main(argv: list[str] | None = None) -> int:
         bench.per_event_body = run_dir / "body-per-event.json"
         bench.per_event_body.write_bytes(request_body(args.body_bytes, per_event=True))
     info = machine()
-    say(f"claude-sso-gateway benchmark ({'quick' if args.quick else 'full'}): {info['nproc']} CPUs, "
-        f"{info['cpu_model']}, Python {info['python']}")
+    say(
+        f"claude-sso-gateway benchmark ({'quick' if args.quick else 'full'}): {info['nproc']} CPUs, "
+        f"{info['cpu_model']}, Python {info['python']}"
+    )
     placement = f"system under test on CPU {sut_cpu}, client + upstream + shim on CPU {side_cpu}" if pin else "off"
     say(f"  pinning: {placement}; nice {args.nice}")
     shape = "one write" if not per_event else f"one write per event, {args.delay_ms} ms apart"
     if bench.per_event_body:
         shape += "; then c=1 and c=50 with one write per event"
-    say(f"  reply: {args.deltas} deltas, {shape}; request body {body_file.stat().st_size} bytes; "
-        f"gateway access log {args.access_log}; run dir {run_dir}")
-    results: dict[str, Any] = {"machine": info, "options": {k: str(v) for k, v in vars(args).items()},
-                               "plan": vars(plan), "paths": {}, "soak": None, "profile": None}
+    say(
+        f"  reply: {args.deltas} deltas, {shape}; request body {body_file.stat().st_size} bytes; "
+        f"gateway access log {args.access_log}; run dir {run_dir}"
+    )
+    results: dict[str, Any] = {
+        "machine": info,
+        "options": {k: str(v) for k, v in vars(args).items()},
+        "plan": vars(plan),
+        "paths": {},
+        "soak": None,
+        "profile": None,
+    }
     began = time.monotonic()
     results["meter"] = micro.meter_cost(args.deltas, seconds=0.4 if args.quick else 2.0)
     # The cost that matches how this run's replies arrive.
@@ -390,7 +483,9 @@ def print_results(results: dict[str, Any]) -> None:
 
         prof = results["profile"]
         say()
-        say(f"Gateway profile at c={prof['concurrency']} ({prof['rps_while_profiled']:,.0f} req/s while sampled; "
+        say(
+            f"Gateway profile at c={prof['concurrency']} ({prof['rps_while_profiled']:,.0f} req/s while sampled; "
             f"us/req below are shares of the {prof['cpu_us_per_request'] or 0:,.0f} us of CPU each request took "
-            "then, py-spy's own pauses included):")
+            "then, py-spy's own pauses included):"
+        )
         say(summariser.render(prof["summary"], prof["cpu_us_per_request"]))

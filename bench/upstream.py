@@ -67,20 +67,33 @@ def sse_events(deltas: int, model: str = "claude-sonnet-4-5-20250929") -> tuple[
     }
     head = (
         _event("message_start", start)
-        + _event("content_block_start", {"type": "content_block_start", "index": 0,
-                                         "content_block": {"type": "text", "text": ""}})
+        + _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
         + _event("ping", {"type": "ping"})
     )
     body = [
-        _event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": _WORDS[i % len(_WORDS)] + " "}})
+        _event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": _WORDS[i % len(_WORDS)] + " "},
+            },
+        )
         for i in range(deltas)
     ]
     tail = (
         _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-        + _event("message_delta", {"type": "message_delta",
-                                   "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                   "usage": {"output_tokens": deltas}})
+        + _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": deltas},
+            },
+        )
         + _event("message_stop", {"type": "message_stop"})
     )
     return head, body, tail

@@ -42,14 +42,14 @@ def log_access(record: AuditRecord, project: str | None) -> None:
             "upstream_failures": record.upstream_failures,
             # For the log-based metrics: one string (a metric label cannot be a list), and the views' token total.
             "groups": ",".join(record.groups) or NO_GROUP,
-            "tokens": (record.input_tokens or 0) + (record.output_tokens or 0)
-            + (record.cache_creation_input_tokens or 0) + (record.cache_read_input_tokens or 0),
+            "tokens": (record.input_tokens or 0)
+            + (record.output_tokens or 0)
+            + (record.cache_creation_input_tokens or 0)
+            + (record.cache_read_input_tokens or 0),
             "cost_usd": record.cost_usd,
             "ttfb_ms": record.ttfb_ms,
         },
     }
     if record.trace_id and project:
         extra["trace"] = f"projects/{project}/traces/{record.trace_id}"
-    access_logger.log(
-        level, "%s %s %s %s", record.method, record.path, record.status_code, record.outcome, extra=extra
-    )
+    access_logger.log(level, "%s %s %s %s", record.method, record.path, record.status_code, record.outcome, extra=extra)

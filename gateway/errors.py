@@ -29,9 +29,7 @@ def error_type_for(status: int) -> str:
 
 def error_body(status: int, message: str, error_type: str | None = None) -> bytes:
     """`{"type":"error","error":{"type":...,"message":...}}` as bytes."""
-    return orjson.dumps(
-        {"type": "error", "error": {"type": error_type or error_type_for(status), "message": message}}
-    )
+    return orjson.dumps({"type": "error", "error": {"type": error_type or error_type_for(status), "message": message}})
 
 
 class GatewayError(Exception):

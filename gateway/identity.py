@@ -58,9 +58,7 @@ class DomainNotAllowed(AuthenticationError):
     """A valid assertion for an account outside `GATEWAY_ALLOWED_DOMAINS`: 403, outcome `denied`."""
 
     def __init__(self, principal: Principal) -> None:
-        super().__init__(
-            f"{principal.email} is not in an allowed Workspace domain.", status=403, outcome="denied"
-        )
+        super().__init__(f"{principal.email} is not in an allowed Workspace domain.", status=403, outcome="denied")
         self.principal = principal
 
 

@@ -49,14 +49,18 @@ class BodyAllowance:
         mine = self._by_person.get(person, 0)
         if mine + size > self.person_limit:
             raise GatewayError(
-                429, "Too many request bytes in flight for you; retry shortly.", outcome="rate_limited",
+                429,
+                "Too many request bytes in flight for you; retry shortly.",
+                outcome="rate_limited",
                 headers={"retry-after": _BUSY_RETRY_SECONDS},
             )
         if self.held + size > self.instance_limit:
             logger.warning("shedding a request: %d request-body bytes already in flight", self.held)
             raise GatewayError(
-                503, "The gateway instance is busy receiving other requests; retry shortly.",
-                outcome="gateway_busy", headers={"retry-after": _BUSY_RETRY_SECONDS},
+                503,
+                "The gateway instance is busy receiving other requests; retry shortly.",
+                outcome="gateway_busy",
+                headers={"retry-after": _BUSY_RETRY_SECONDS},
             )
         self._by_person[person] = mine + size
         self.held += size
@@ -64,8 +68,10 @@ class BodyAllowance:
     def prometheus_text(self) -> str:
         """The bytes held now, for `GET /metrics`."""
         metric = "gateway_request_body_bytes_in_flight"
-        return (f"# HELP {metric} Request-body bytes held by requests in flight (capped per instance and person).\n"
-                f"# TYPE {metric} gauge\n{metric} {self.held}\n")
+        return (
+            f"# HELP {metric} Request-body bytes held by requests in flight (capped per instance and person).\n"
+            f"# TYPE {metric} gauge\n{metric} {self.held}\n"
+        )
 
     def give_back(self, person: str, size: int) -> None:
         if size <= 0:

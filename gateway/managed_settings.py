@@ -108,8 +108,10 @@ def available_models(models: Sequence[ModelPattern] | None) -> tuple[list[str] |
     for pattern in models:
         entry = _entry(pattern.text)
         if entry is None:
-            return None, (f"not set: pattern {pattern.text!r} has no availableModels equivalent (use a full id or "
-                          "a prefix ending in -*); the gateway still enforces it")
+            return None, (
+                f"not set: pattern {pattern.text!r} has no availableModels equivalent (use a full id or "
+                "a prefix ending in -*); the gateway still enforces it"
+            )
         if entry not in entries:
             entries.append(entry)
     return entries, "from the models patterns"

@@ -29,8 +29,12 @@ def prometheus_text(writer: AuditWriter, capture: CapturePipeline | None = None)
     if capture is not None:
         lines += _writer_lines(capture.content, "gateway_audit_content", "Content rows")
         for metric, kind, text, value in (
-            ("gateway_capture_skipped_total", "counter",
-             "Requests audited without content because too many captures were waiting.", capture.skipped),
+            (
+                "gateway_capture_skipped_total",
+                "counter",
+                "Requests audited without content because too many captures were waiting.",
+                capture.skipped,
+            ),
             ("gateway_capture_pending", "gauge", "Captures waiting to be turned into content rows.", capture.pending),
         ):
             lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric} {value}"]

@@ -221,7 +221,9 @@ class PriceTable:
                 self._warned.add(key)
                 logger.warning(
                     "pricing: no price for model %r; charging %s's list price (%s) until a price is known",
-                    key[:100], price.model, rule,
+                    key[:100],
+                    price.model,
+                    rule,
                 )
         return Priced(float(price.cost(usage)), price.model, rule, price.source)
 

@@ -41,8 +41,15 @@ class Reply:
     body: bytes = b""
 
 
-async def answer(gateway: Resources, endpoint: Endpoint, scope: dict[str, Any], receive: Any, record: AuditRecord,
-                 principal: Principal, lease: BodyLease) -> Reply:
+async def answer(
+    gateway: Resources,
+    endpoint: Endpoint,
+    scope: dict[str, Any],
+    receive: Any,
+    record: AuditRecord,
+    principal: Principal,
+    lease: BodyLease,
+) -> Reply:
     """The reply to a gateway-protocol request; GatewayError for a refusal or bad input."""
     facts = RequestFacts(principal=principal, path=endpoint, model=None, max_tokens=None, stream=False)
     try:
@@ -81,8 +88,14 @@ async def _usage(gateway: Resources, principal: Principal) -> Reply:
     return Reply(200, [(b"content-type", _JSON), (b"cache-control", b"no-store")], body)
 
 
-async def _telemetry(gateway: Resources, scope: dict[str, Any], receive: Any, record: AuditRecord,
-                     groups: tuple[str, ...], lease: BodyLease) -> Reply:
+async def _telemetry(
+    gateway: Resources,
+    scope: dict[str, Any],
+    receive: Any,
+    record: AuditRecord,
+    groups: tuple[str, ...],
+    lease: BodyLease,
+) -> Reply:
     limit = min(gateway.settings.max_body_bytes, MAX_TELEMETRY_BYTES)
     body = await read_body(scope, receive, limit, lease, gateway.settings.body_read_timeout_seconds)
     record.request_bytes = len(body)

@@ -137,7 +137,12 @@ class GatewayEndpoint:
                 log_access(record, gateway.settings.google_cloud_project)
 
     async def _handle(
-        self, gateway: Resources, scope: Scope, receive: Any, response: _Response, record: AuditRecord,
+        self,
+        gateway: Resources,
+        scope: Scope,
+        receive: Any,
+        response: _Response,
+        record: AuditRecord,
         lease: BodyLease,
     ) -> None:
         try:
@@ -184,8 +189,13 @@ class GatewayEndpoint:
             reserve_tokens = input_estimate + output_most
             reserve_micros = gateway.prices.most_micros(parsed.model, input_estimate, output_most)
         facts = RequestFacts(
-            principal=principal, path=endpoint, model=parsed.model, max_tokens=parsed.max_tokens, stream=parsed.stream,
-            reserve_tokens=reserve_tokens, reserve_micros=reserve_micros,
+            principal=principal,
+            path=endpoint,
+            model=parsed.model,
+            max_tokens=parsed.max_tokens,
+            stream=parsed.stream,
+            reserve_tokens=reserve_tokens,
+            reserve_micros=reserve_micros,
         )
         try:
             admission = await gateway.policy.admit(facts)
@@ -198,7 +208,12 @@ class GatewayEndpoint:
         response.budget = gateway.budget_headers(facts)
 
         call = UpstreamCall(
-            method=method, path=endpoint, query=query, headers=headers, body=body, model=parsed.model,
+            method=method,
+            path=endpoint,
+            query=query,
+            headers=headers,
+            body=body,
+            model=parsed.model,
             stream=parsed.stream,
         )
         usage = Usage()
@@ -338,8 +353,6 @@ async def _end_cut(response: _Response, record: AuditRecord, event_stream: bool,
             await response.end()
 
 
-
-
 async def _settle(
     gateway: Resources, facts: RequestFacts, admission: Admission, usage: Usage, cost: float | None
 ) -> None:
@@ -349,13 +362,10 @@ async def _settle(
         logger.exception("policy settle failed")
 
 
-
-
 async def _send_json(response: _Response, body: bytes) -> None:
     await response.start(200, [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())])
     await response.body(body)
     await response.end()
-
 
 
 def _note_principal(record: AuditRecord, principal: Any) -> None:

@@ -111,7 +111,9 @@ class Resources:
             ", ".join(self.upstreams.names),
             writer.sink.name,
             f", prompt capture to {capture.content.sink.name} (at most {settings.capture_max_bytes} bytes "
-            "of each request and response)" if capture is not None else "",
+            "of each request and response)"
+            if capture is not None
+            else "",
         )
 
     async def aclose(self) -> None:
@@ -131,8 +133,11 @@ async def _start_telemetry(writer: AuditWriter) -> AuditWriter | None:
     try:
         await writer.start()
     except SinkConfigError as exc:
-        logger.error("telemetry table unusable, so Claude Code's telemetry is answered and dropped (create the "
-                     "table with `claude-gateway bq init` or Terraform, then restart): %s", exc)
+        logger.error(
+            "telemetry table unusable, so Claude Code's telemetry is answered and dropped (create the "
+            "table with `claude-gateway bq init` or Terraform, then restart): %s",
+            exc,
+        )
         return None
     return writer
 
@@ -156,9 +161,13 @@ async def open_policy(
     await engine.start()
     policy_logger.info(
         "policy: %s loaded: %d group rules, %d user overrides, %s; membership from %s; counters %s, fail-%s",
-        policy.source, len(policy.groups), len(policy.users),
+        policy.source,
+        len(policy.groups),
+        len(policy.users),
         "a default rule" if policy.default else "no default rule (people in no group are refused)",
-        engine.groups.source, engine.counters.name, settings.policy_fail_mode,
+        engine.groups.source,
+        engine.counters.name,
+        settings.policy_fail_mode,
     )
     if settings.redis_url is None:
         policy_logger.warning(

@@ -58,7 +58,8 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         type(self).closed_for_headers += 1
         logger.warning(
             "closing a connection from %s: no complete request headers within %g s",
-            f"{self.client[0]}:{self.client[1]}" if self.client else "?", self.header_timeout,
+            f"{self.client[0]}:{self.client[1]}" if self.client else "?",
+            self.header_timeout,
         )
         self.transport.close()
 

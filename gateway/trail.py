@@ -85,8 +85,9 @@ class AuditTrail:
         self.stopping_at = signalled_at if signalled_at is not None else time.monotonic()
         cut_in = max(self.stopping_at + self._shutdown_seconds - STREAM_RESERVE - time.monotonic(), 0.0)
         asyncio.get_running_loop().call_later(cut_in, self.cut_relays)
-        logger.info("shutting down: %d request(s) under way; streams still running in %.1fs are cut",
-                    self.in_flight, cut_in)
+        logger.info(
+            "shutting down: %d request(s) under way; streams still running in %.1fs are cut", self.in_flight, cut_in
+        )
 
     def cut_relays(self) -> None:
         """End every relay under way with an overloaded_error (the client retries elsewhere); refuse new ones."""

@@ -56,7 +56,10 @@ def telemetry_ref(table: TableRef) -> TableRef:
 def telemetry_table(table: TableRef, retention_days: int = 0) -> bigquery.Table:
     """The telemetry table as Terraform creates it: partitioned by day on `timestamp` (when it arrived)."""
     return _partitioned(
-        table, TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS, retention_days,
+        table,
+        TELEMETRY_TABLE,
+        TELEMETRY_CLUSTERING_FIELDS,
+        retention_days,
         "Claude Code's OpenTelemetry (metrics, events, spans), one row per data point, event or span, stamped with "
         "the verified sender. Queries must filter on timestamp.",
     )
@@ -71,7 +74,10 @@ def schema_fields(schema: Table = AUDIT_TABLE) -> list[bigquery.SchemaField]:
 def audit_table(table: TableRef, retention_days: int = 0) -> bigquery.Table:
     """The table as Terraform creates it: partitioned by day on `timestamp`, clustered, partition filter required."""
     return _partitioned(
-        table, AUDIT_TABLE, CLUSTERING_FIELDS, retention_days,
+        table,
+        AUDIT_TABLE,
+        CLUSTERING_FIELDS,
+        retention_days,
         "One row per request through the Claude gateway. Queries must filter on timestamp.",
     )
 
@@ -79,7 +85,10 @@ def audit_table(table: TableRef, retention_days: int = 0) -> bigquery.Table:
 def content_table(table: TableRef, retention_days: int = DEFAULT_CONTENT_RETENTION_DAYS) -> bigquery.Table:
     """The content table as Terraform creates it: like the audit table, with its own partition expiration."""
     return _partitioned(
-        table, CONTENT_TABLE, CONTENT_CLUSTERING_FIELDS, retention_days,
+        table,
+        CONTENT_TABLE,
+        CONTENT_CLUSTERING_FIELDS,
+        retention_days,
         "Captured prompts and responses (redacted), one row per captured request; the request_id is the audit "
         "table's. Queries must filter on timestamp.",
     )
@@ -127,7 +136,11 @@ def init(
     _ensure_table(client, table, audit_table(table, retention_days), AUDIT_TABLE, CLUSTERING_FIELDS, say)
     telemetry = telemetry_ref(table)
     _ensure_table(
-        client, telemetry, telemetry_table(telemetry, retention_days), TELEMETRY_TABLE, TELEMETRY_CLUSTERING_FIELDS,
+        client,
+        telemetry,
+        telemetry_table(telemetry, retention_days),
+        TELEMETRY_TABLE,
+        TELEMETRY_CLUSTERING_FIELDS,
         say,
     )
     if content is not None:
@@ -136,8 +149,12 @@ def init(
                 client, f"{content.project}.{content.dataset}", "Captured prompts and responses.", location, say
             )
         _ensure_table(
-            client, content, content_table(content, content_retention_days), CONTENT_TABLE,
-            CONTENT_CLUSTERING_FIELDS, say,
+            client,
+            content,
+            content_table(content, content_retention_days),
+            CONTENT_TABLE,
+            CONTENT_CLUSTERING_FIELDS,
+            say,
         )
 
     for name, template in view_templates().items():
@@ -149,8 +166,12 @@ def init(
             say(f"view {table.project}.{views_dataset}.{name} created")
         except api.Conflict:
             _step(
-                f"update view {name}", client.update_table, view, ["view_query", "description"],
-                retry=_retry(), timeout=TIMEOUT,
+                f"update view {name}",
+                client.update_table,
+                view,
+                ["view_query", "description"],
+                retry=_retry(),
+                timeout=TIMEOUT,
             )
             say(f"view {table.project}.{views_dataset}.{name} updated")
         except api.Forbidden as exc:
@@ -184,8 +205,7 @@ def _ensure_dataset(
         dataset = bigquery.Dataset(dataset_id)
         dataset.description = description
         dataset.location = location
-        created = _step(f"create dataset {dataset_id}", client.create_dataset, dataset, retry=_retry(),
-                        timeout=TIMEOUT)
+        created = _step(f"create dataset {dataset_id}", client.create_dataset, dataset, retry=_retry(), timeout=TIMEOUT)
         say(f"dataset {dataset_id} created ({created.location or 'default location'})")
         return location or created.location
     if location and existing.location and location.lower() != existing.location.lower():
@@ -260,16 +280,23 @@ def _authorise_views(client: bigquery.Client, table: TableRef, views_dataset: st
     from google.cloud.bigquery import AccessEntry
 
     dataset = _step(
-        f"read dataset {table.dataset}", client.get_dataset, f"{table.project}.{table.dataset}",
-        retry=_retry(), timeout=TIMEOUT,
+        f"read dataset {table.dataset}",
+        client.get_dataset,
+        f"{table.project}.{table.dataset}",
+        retry=_retry(),
+        timeout=TIMEOUT,
     )
     wanted = {"dataset": {"projectId": table.project, "datasetId": views_dataset}, "targetTypes": ["VIEWS"]}
     if any(entry.entity_type == "dataset" and entry.entity_id == wanted for entry in dataset.access_entries):
         return
     dataset.access_entries = [*dataset.access_entries, AccessEntry(None, "dataset", wanted)]
     _step(
-        f"authorise {views_dataset} on {table.dataset}", client.update_dataset, dataset, ["access_entries"],
-        retry=_retry(), timeout=TIMEOUT,
+        f"authorise {views_dataset} on {table.dataset}",
+        client.update_dataset,
+        dataset,
+        ["access_entries"],
+        retry=_retry(),
+        timeout=TIMEOUT,
     )
     say(f"views in {table.project}.{views_dataset} authorised to read {table.project}.{table.dataset}")
 

@@ -54,8 +54,12 @@ class Export:
             yield row
         # Content whose metadata row is not in the window or not written (yet): still the person's data.
         for row in (content or {}).values():
-            yield {"request_id": row["request_id"], "timestamp": row["timestamp"], "user_email": row["user_email"],
-                   "content": row}
+            yield {
+                "request_id": row["request_id"],
+                "timestamp": row["timestamp"],
+                "user_email": row["user_email"],
+                "content": row,
+            }
 
     @property
     def content_rows(self) -> int:

@@ -141,7 +141,8 @@ class BigQuerySink:
         except (api.GoogleAPICallError, *_UNREACHABLE) as exc:
             logger.warning(
                 "BigQuery did not answer at start-up (%s); audit rows are queued, spilled and logged as "
-                "audit_fallback until it does", _reason(exc),
+                "audit_fallback until it does",
+                _reason(exc),
             )
             return
         missing = [name for name in self.schema.names if name not in {field.name for field in table.schema}]
@@ -189,6 +190,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def _row_errors(entry: dict[str, Any]) -> str:
-    return "; ".join(
-        f"{error.get('reason', 'invalid')}: {error.get('message', '')}".strip() for error in entry.get("errors", [])
-    ) or "invalid"
+    return (
+        "; ".join(
+            f"{error.get('reason', 'invalid')}: {error.get('message', '')}".strip() for error in entry.get("errors", [])
+        )
+        or "invalid"
+    )

@@ -50,7 +50,9 @@ class Fallback:
                 self._to_spill(row, rounds + 1)
             else:
                 logger.error(
-                    "audit row %s failed over %d times; it is left to the %s log", row["request_id"], rounds + 1,
+                    "audit row %s failed over %d times; it is left to the %s log",
+                    row["request_id"],
+                    rounds + 1,
                     self.kind.fallback_key,
                 )
 
@@ -63,9 +65,11 @@ class Fallback:
     def warn_leftovers(self, leftovers: list[Path]) -> None:
         """Spill files found at start-up: another process's, which this one does not replay."""
         logger.warning(
-            "%d audit spill file(s) in %s were not written by this process (their rows are also in the "
-            "%s log)%s: %s",
-            len(leftovers), self.spill.directory, self.kind.fallback_key, self._replay_hint,
+            "%d audit spill file(s) in %s were not written by this process (their rows are also in the %s log)%s: %s",
+            len(leftovers),
+            self.spill.directory,
+            self.kind.fallback_key,
+            self._replay_hint,
             ", ".join(path.name for path in leftovers),
         )
 
@@ -73,7 +77,9 @@ class Fallback:
         """Spill files still holding rows as the writer closes."""
         logger.warning(
             "%d audit row(s) remain in spill file(s) %s (they are in the %s log too)%s",
-            self.spill.pending_rows, ", ".join(str(path) for path in remaining), self.kind.fallback_key,
+            self.spill.pending_rows,
+            ", ".join(str(path) for path in remaining),
+            self.kind.fallback_key,
             self._replay_hint,
         )
 
@@ -86,7 +92,11 @@ class Fallback:
         try:
             self.spill.append(row, rounds)
         except OSError as exc:
-            logger.error("audit spill write failed (%s); row %s is in the %s log only", exc,
-                         row.get("request_id"), self.kind.fallback_key)
+            logger.error(
+                "audit spill write failed (%s); row %s is in the %s log only",
+                exc,
+                row.get("request_id"),
+                self.kind.fallback_key,
+            )
         else:
             self.counters.spilled += 1

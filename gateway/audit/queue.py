@@ -109,5 +109,11 @@ def to_row(item: AuditRecord | dict[str, Any]) -> dict[str, Any]:
         return item.to_row()
     except Exception:  # pragma: no cover - a record of plain values always converts; keep at least the request
         logger.exception("audit record %s could not be converted; writing its required columns only", item.request_id)
-        return {"request_id": str(item.request_id), "timestamp": rfc3339(datetime.now(UTC)), "method": str(item.method),
-                "path": str(item.path), "status_code": 0, "outcome": "gateway_error"}
+        return {
+            "request_id": str(item.request_id),
+            "timestamp": rfc3339(datetime.now(UTC)),
+            "method": str(item.method),
+            "path": str(item.path),
+            "status_code": 0,
+            "outcome": "gateway_error",
+        }

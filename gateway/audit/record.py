@@ -18,9 +18,25 @@ SHUTDOWN = "shutdown"
 
 # What an admission row records: who asked for what, known before the upstream is called.
 ADMISSION_FIELDS = (
-    "request_id", "timestamp", "method", "path", "user_email", "user_subject", "user_domain", "groups", "policy_rule",
-    "session_id", "agent_id", "parent_agent_id", "user_agent", "client_ip", "requested_model", "stream",
-    "request_bytes", "trace_id", "capture_level",
+    "request_id",
+    "timestamp",
+    "method",
+    "path",
+    "user_email",
+    "user_subject",
+    "user_domain",
+    "groups",
+    "policy_rule",
+    "session_id",
+    "agent_id",
+    "parent_agent_id",
+    "user_agent",
+    "client_ip",
+    "requested_model",
+    "stream",
+    "request_bytes",
+    "trace_id",
+    "capture_level",
 )
 
 

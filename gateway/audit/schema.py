@@ -131,9 +131,7 @@ class Table:
 
     def bigquery_schema_json(self) -> list[dict[str, str]]:
         """The schema in BigQuery's JSON form (as `bq` and Terraform's `google_bigquery_table.schema` take it)."""
-        return [
-            {"name": c.name, "type": c.type, "mode": c.mode, "description": c.description} for c in self.columns
-        ]
+        return [{"name": c.name, "type": c.type, "mode": c.mode, "description": c.description} for c in self.columns]
 
 
 AUDIT_TABLE = Table("audit_log", AUDIT_COLUMNS)

@@ -87,7 +87,10 @@ class BatchSender:
                     self._failing()
                     logger.error(
                         "audit sink %s failing (%s): %d row(s) go to the %s log and the spill",
-                        self.sink.name, reason, len(batch), self._fallback.kind.fallback_key,
+                        self.sink.name,
+                        reason,
+                        len(batch),
+                        self._fallback.kind.fallback_key,
                     )
                     # Replayed rows are in the log already: back to the spill only.
                     self._fallback.fail_over(batch, f"{self.sink.name}: {reason}", log=not replay)

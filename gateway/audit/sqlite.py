@@ -80,7 +80,7 @@ def _to_sqlite(row: dict[str, Any], names: tuple[str, ...]) -> tuple[Any, ...]:
 
 class SQLiteSink:
     """Writes batches with one transaction each; a request id already present is not written twice (but a final
-row takes the place of the request's started row)."""
+    row takes the place of the request's started row)."""
 
     name = "sqlite"
 

@@ -244,10 +244,14 @@ class AuditWriter:
     def _log_counters(self, what: str) -> None:
         counters = asdict(self.counters)
         logger.info(
-            "%s: %s, queued=%d spilled_pending=%d", what, " ".join(f"{k}={v}" for k, v in counters.items()),
-            self.pending, self.spill_pending,
-            extra={"json_fields": {"audit_counters": counters, "queued": self.pending,
-                                   "spill_pending": self.spill_pending}},
+            "%s: %s, queued=%d spilled_pending=%d",
+            what,
+            " ".join(f"{k}={v}" for k, v in counters.items()),
+            self.pending,
+            self.spill_pending,
+            extra={
+                "json_fields": {"audit_counters": counters, "queued": self.pending, "spill_pending": self.spill_pending}
+            },
         )
 
     @staticmethod

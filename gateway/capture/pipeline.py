@@ -81,8 +81,9 @@ class RequestCapture:
 
     def job(self, record: AuditRecord) -> CaptureJob:
         json_body = bytes(self._json) if self._json is not None else None
-        return CaptureJob(record.request_id, record.timestamp, record.user_email, self.level, self.body,
-                          self.assembler, json_body)
+        return CaptureJob(
+            record.request_id, record.timestamp, record.user_email, self.level, self.body, self.assembler, json_body
+        )
 
 
 Pending = tuple[RequestCapture, AuditRecord]
@@ -191,8 +192,9 @@ class CapturePipeline:
             return await asyncio.wait_for(self._worker.rows(jobs, self.cap_bytes), BATCH_TIMEOUT_SECONDS)
         except (TimeoutError, BrokenProcessPool) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else "the capture worker stopped"
-            logger.error("prompt capture of %d request(s) failed (%s); restarting the capture worker",
-                         len(jobs), reason)
+            logger.error(
+                "prompt capture of %d request(s) failed (%s); restarting the capture worker", len(jobs), reason
+            )
             self._worker.restart()
             return [f"capture failed: {reason}"] * len(jobs)
         except Exception as exc:  # a job that would not pickle, say: those requests are audited without content
@@ -217,8 +219,9 @@ class CapturePipeline:
             record.capture_error = _STOPPED
             self.audit.submit(record)
         if left:
-            logger.error("%d prompt capture(s) unfinished at shutdown; their requests are audited without content",
-                         len(left))
+            logger.error(
+                "%d prompt capture(s) unfinished at shutdown; their requests are audited without content", len(left)
+            )
         self._worker.close()
 
     async def aclose(self, deadline: float | None = None) -> None:

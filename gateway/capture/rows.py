@@ -106,4 +106,3 @@ def _redacted_json(value: Any, redactor: Redactor, counts: dict[str, int]) -> st
     for name, count in found.items():
         counts[name] = counts.get(name, 0) + count
     return dumps_clean(redacted).decode()
-

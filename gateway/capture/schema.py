@@ -7,11 +7,16 @@ from gateway.audit.schema import Column, Table
 
 CONTENT_COLUMNS: tuple[Column, ...] = (
     Column("request_id", "STRING", "Gateway request id: the metadata row this content belongs to.", "REQUIRED"),
-    Column("timestamp", "TIMESTAMP", "When the gateway received the request (UTC), as in its metadata row.",
-           "REQUIRED"),
+    Column(
+        "timestamp", "TIMESTAMP", "When the gateway received the request (UTC), as in its metadata row.", "REQUIRED"
+    ),
     Column("user_email", "STRING", "Verified Workspace email of the person who sent the request."),
-    Column("capture_level", "STRING", "metadata+ (facts only) or full (the request's messages and the response).",
-           "REQUIRED"),
+    Column(
+        "capture_level",
+        "STRING",
+        "metadata+ (facts only) or full (the request's messages and the response).",
+        "REQUIRED",
+    ),
     Column("request", "STRING", "full: the system prompt and messages sent, as JSON, redacted and capped."),
     Column("response", "STRING", "full: the response as the client received it, as JSON, redacted and capped."),
     Column("system_sha256", "STRING", "SHA-256 of the system prompt's text."),
@@ -32,7 +37,10 @@ CONTENT_COLUMN_NAMES: tuple[str, ...] = CONTENT_TABLE.names
 CONTENT_CLUSTERING_FIELDS = ("user_email",)
 DEFAULT_CONTENT_TABLE = "audit_content"
 CONTENT_ROWS = RowKind(
-    CONTENT_TABLE, "audit content writer", "audit_content_fallback", spill_folder="content",
+    CONTENT_TABLE,
+    "audit content writer",
+    "audit_content_fallback",
+    spill_folder="content",
     replay_command="claude-gateway audit replay --content",
 )
 

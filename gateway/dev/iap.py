@@ -131,7 +131,6 @@ class LocalIAP:
         headers.append((b"x-goog-authenticated-user-email", f"accounts.google.com:{identity.email}".encode()))
         await self.app({**scope, "headers": headers}, receive, send)
 
-
     def _assertion_for(self, identity: Identity) -> str:
         cached = self._assertions.get(identity)
         if cached is not None and cached[1] - time.time() > 60:

@@ -104,8 +104,10 @@ class MockAnthropic:
         start["usage"]["output_tokens"] = 1
         events: list[tuple[str, dict[str, Any]]] = [
             ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
             ("ping", {"type": "ping"}),
         ]
         await _send_events(send, events)
@@ -118,9 +120,14 @@ class MockAnthropic:
             send,
             [
                 ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-                ("message_delta", {"type": "message_delta",
-                                   "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                   "usage": {"output_tokens": len(words)}}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": len(words)},
+                    },
+                ),
                 ("message_stop", {"type": "message_stop"}),
             ],
         )
@@ -144,8 +151,7 @@ def _reply_words(request: dict[str, Any], count: int) -> list[str]:
 
 def _models() -> dict[str, Any]:
     data = [
-        {"type": "model", "id": mid, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
-        for mid, name in MODELS
+        {"type": "model", "id": mid, "display_name": name, "created_at": "2025-01-01T00:00:00Z"} for mid, name in MODELS
     ]
     return {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
 

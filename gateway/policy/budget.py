@@ -128,8 +128,13 @@ def billing_refusal(
         f"{f' (rule {cap.rule})' if cap.rule else ''}: {format_usd(cap.spent_micros)} spent {spent_when}. "
         f"It resets at {when} (in {duration(wait)}); to raise it, {help_text or DEFAULT_HELP}."
     )
-    return {"status": 429, "message": message, "outcome": "rate_limited", "error_type": "billing_error",
-            "headers": headers}
+    return {
+        "status": 429,
+        "message": message,
+        "outcome": "rate_limited",
+        "error_type": "billing_error",
+        "headers": headers,
+    }
 
 
 def usage_body(caps: Sequence[Cap]) -> dict[str, Any]:
@@ -150,8 +155,11 @@ def usage_body(caps: Sequence[Cap]) -> dict[str, Any]:
             "group": cap.period,
             "percent": round(cap.shown_utilization * 100),
             "resets_at": cap.resets_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "severity": "critical" if cap.exceeded or cap.utilization > 0.95
-            else "warning" if cap.utilization > 0.75 else "normal",
+            "severity": "critical"
+            if cap.exceeded or cap.utilization > 0.95
+            else "warning"
+            if cap.utilization > 0.75
+            else "normal",
             "is_active": cap is active,
         }
         for cap in caps
@@ -214,17 +222,19 @@ class ThresholdAnnouncer:
                 self._announced.add(key)
                 logger.warning(
                     "budget_threshold_crossed",
-                    extra={"json_fields": {
-                        "event": "budget_threshold_crossed",
-                        "user": email,
-                        "groups": list(groups),
-                        "period": cap.period,
-                        "threshold": threshold,
-                        "spent_usd": round(cap.spent_micros / _MICROS, 6),
-                        "budget_usd": round(cap.limit_micros / _MICROS, 6),
-                        "resets_at": cap.resets_at.isoformat().replace("+00:00", "Z"),
-                        "rule": cap.rule,
-                    }},
+                    extra={
+                        "json_fields": {
+                            "event": "budget_threshold_crossed",
+                            "user": email,
+                            "groups": list(groups),
+                            "period": cap.period,
+                            "threshold": threshold,
+                            "spent_usd": round(cap.spent_micros / _MICROS, 6),
+                            "budget_usd": round(cap.limit_micros / _MICROS, 6),
+                            "resets_at": cap.resets_at.isoformat().replace("+00:00", "Z"),
+                            "rule": cap.rule,
+                        }
+                    },
                 )
 
 

@@ -106,12 +106,17 @@ class CloudIdentityGroups:
                 if group in self._answered_at:
                     logger.warning(
                         "Cloud Identity: could not refresh the members of %s (%s); keeping the answer from %s",
-                        group, exc, _when(self._answered_at[group]),
+                        group,
+                        exc,
+                        _when(self._answered_at[group]),
                     )
                 else:
                     logger.error(
                         "Cloud Identity: could not read the members of %s (%s); nobody gets its rule until a "
-                        "refresh succeeds (next try in %.0f s)", group, exc, self._retry_seconds,
+                        "refresh succeeds (next try in %.0f s)",
+                        group,
+                        exc,
+                        self._retry_seconds,
                     )
                 continue
             members = expand(direct, [group])
@@ -156,7 +161,9 @@ class CloudIdentityGroups:
                     # unreadable; holding the whole parent at an old answer forever would be worse.
                     logger.warning(
                         "Cloud Identity: cannot read %s, nested in %s (%s); its members are not counted",
-                        current, group, exc,
+                        current,
+                        group,
+                        exc,
                     )
                     fetched[current] = (frozenset(), frozenset())
             people, nested = fetched[current]

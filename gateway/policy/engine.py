@@ -95,8 +95,9 @@ class GroupPolicy:
             raise _no_access(email, groups)
         if facts.model is not None and facts.path in MODEL_PATHS and not limits.allows_model(facts.model):
             # The gateway protocol's answer to a denied model: 400 invalid_request_error, which Claude Code shows.
-            raise PolicyRefusal(400, _model_message(facts.model, email, limits), outcome="denied", groups=groups,
-                                rule=rule)
+            raise PolicyRefusal(
+                400, _model_message(facts.model, email, limits), outcome="denied", groups=groups, rule=rule
+            )
         if facts.path != Endpoint.MESSAGES:
             return Admission(groups=groups, rule=rule, capture=limits.capture)
         if limits.max_tokens is not None and facts.max_tokens is not None and facts.max_tokens > limits.max_tokens:
@@ -152,8 +153,12 @@ class GroupPolicy:
         micros = max(0, round(cost_usd * MICROS)) if cost_usd is not None else 0
         email = fold_case(facts.principal.email)
         if len(self._settling) >= _MAX_PENDING_SETTLEMENTS:
-            logger.error("policy: usage of %s not counted (%d tokens, $%.6f): too many settlements waiting",
-                         email, tokens, micros / MICROS)
+            logger.error(
+                "policy: usage of %s not counted (%d tokens, $%.6f): too many settlements waiting",
+                email,
+                tokens,
+                micros / MICROS,
+            )
             return
         task = asyncio.create_task(self._settle(email, admission.lease, tokens, micros), name="policy-settle")
         self._settling.add(task)
@@ -212,7 +217,9 @@ class GroupPolicy:
         if now - self._unchecked_logged_at >= _UNCHECKED_LOG_INTERVAL:
             logger.error(
                 "policy: FAIL-OPEN: %d request(s) let through without checking rate limits, budgets or "
-                "concurrency, because the shared counters are unavailable (%s)", self._unchecked, exc,
+                "concurrency, because the shared counters are unavailable (%s)",
+                self._unchecked,
+                exc,
             )
             self._unchecked = 0
             self._unchecked_logged_at = now

@@ -29,7 +29,8 @@ def group_resolver(policy: Policy, settings: Settings, google: httpx.AsyncClient
     if policy.members is not None:
         logger.warning(
             "policy: the `members:` section of %s is ignored; membership comes from Cloud Identity "
-            "(set GATEWAY_GROUP_RESOLVER=static to use it)", policy.source,
+            "(set GATEWAY_GROUP_RESOLVER=static to use it)",
+            policy.source,
         )
     if not policy.groups:
         return StaticGroups({}, [], source=policy.source)  # no group rules: nothing to ask Cloud Identity

@@ -250,8 +250,11 @@ class _Reader:
         if entries is None:
             return False, None
         if "availableModels" in entries:
-            self.fail(entries["availableModels"][0], f"availableModels in {what} is derived from the rule's `models` "
-                      "patterns (one declaration for the gateway and Claude Code's /model); list the models there")
+            self.fail(
+                entries["availableModels"][0],
+                f"availableModels in {what} is derived from the rule's `models` "
+                "patterns (one declaration for the gateway and Claude Code's /model); list the models there",
+            )
             return False, None
         try:
             value = self.loader.construct_object(node, deep=True)
@@ -260,8 +263,9 @@ class _Reader:
             return False, None
         problem = _not_json(value, "managed_settings")
         if problem:
-            self.fail(node, f"{problem} in {what}; settings must be JSON values (text, numbers, true/false, lists, "
-                      "mappings)")
+            self.fail(
+                node, f"{problem} in {what}; settings must be JSON values (text, numbers, true/false, lists, mappings)"
+            )
             return False, None
         return True, value
 

@@ -182,8 +182,14 @@ class RedisCounters:
         """The keys for one person, in the script's KEYS order (budget keys for the periods `now` is in)."""
         # The braces make one hash slot per person, so the script's keys stay together on a Redis cluster.
         base = f"{self._prefix}:{{{user}}}"
-        return [f"{base}:req", f"{base}:tok", f"{base}:usd:{day_of(now)}", f"{base}:usd:{month_of(now)}",
-                f"{base}:inflight", f"{base}:held"]
+        return [
+            f"{base}:req",
+            f"{base}:tok",
+            f"{base}:usd:{day_of(now)}",
+            f"{base}:usd:{month_of(now)}",
+            f"{base}:inflight",
+            f"{base}:held",
+        ]
 
     def _cancel_key(self, user: str, request_id: str) -> str:
         return f"{self._prefix}:{{{user}}}:cancelled:{request_id}"
@@ -331,7 +337,9 @@ class RedisCounters:
         if was_closed:
             logger.error(
                 "policy counters: Redis at %s failed (%s); not trying again for %g s",
-                self.where, reason, self._cooldown,
+                self.where,
+                reason,
+                self._cooldown,
             )
 
     def _note_abandoned(self, abandoned: tuple[str, str, bool] | None) -> None:
@@ -394,6 +402,4 @@ def _limit(value: int | None) -> int:
 def _holds(quota: Quota, reserve: Reserve) -> Reserve:
     """The part of a reservation some limit looks at: tokens under a token limit, dollars under a budget."""
     budgeted = quota.daily_budget_micros is not None or quota.monthly_budget_micros is not None
-    return Reserve(
-        reserve.tokens if quota.tokens_per_minute is not None else 0, reserve.micros if budgeted else 0
-    )
+    return Reserve(reserve.tokens if quota.tokens_per_minute is not None else 0, reserve.micros if budgeted else 0)

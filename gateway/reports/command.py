@@ -119,8 +119,10 @@ def _read_bigquery(
         finally:
             client.close()  # type: ignore[no-untyped-call]
     except api.Forbidden as exc:
-        raise ReportError(f"BigQuery refused to read {table.path} ({exc.message}); the security views' readers "
-                          "read the views, not the table: ask for roles/bigquery.dataViewer on it") from None
+        raise ReportError(
+            f"BigQuery refused to read {table.path} ({exc.message}); the security views' readers "
+            "read the views, not the table: ask for roles/bigquery.dataViewer on it"
+        ) from None
     except api.GoogleAPICallError as exc:
         raise ReportError(f"BigQuery query failed: {str(exc.message).splitlines()[0]}") from None
     except (SinkConfigError, requests.RequestException, google.auth.exceptions.GoogleAuthError) as exc:

@@ -152,7 +152,8 @@ _TOTALS = """
 # --- SQLite ---------------------------------------------------------------------------------------------------------
 
 # One row per request (the first written), final rows only: as the views, whatever the file holds.
-_SQLITE = f"""
+_SQLITE = (
+    f"""
     WITH audit AS (
       SELECT * FROM {TABLE} WHERE rowid IN (
         SELECT MIN(rowid) FROM {TABLE}
@@ -163,7 +164,9 @@ _SQLITE = f"""
     SELECT substr(timestamp, 1, 10) AS day,
            COALESCE(user_email, '{UNAUTHENTICATED}') AS user,
            COALESCE(groups, '[]') AS groups,
-""" + _TOTALS
+"""
+    + _TOTALS
+)
 
 
 def from_sqlite(path: str, period: Period) -> list[Line]:
@@ -188,7 +191,8 @@ def _json_groups(text: str) -> list[str]:
 # --- BigQuery -------------------------------------------------------------------------------------------------------
 
 # Only the columns the report needs: BigQuery bills the columns a query reads, over the period's partitions only.
-_BIGQUERY = """
+_BIGQUERY = (
+    """
     WITH audit AS (
       SELECT request_id, timestamp, user_email, `groups`, served_model, requested_model, outcome, price_source,
              policy_rule, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd
@@ -199,7 +203,9 @@ _BIGQUERY = """
     SELECT CAST(DATE(timestamp) AS STRING) AS day,
            COALESCE(user_email, '{unauthenticated}') AS user,
            ARRAY_TO_STRING(`groups`, ',') AS `groups`,
-""" + _TOTALS
+"""
+    + _TOTALS
+)
 
 
 def from_bigquery(

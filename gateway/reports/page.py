@@ -14,9 +14,22 @@ from gateway.reports import charts
 from gateway.reports.data import REFUSED, Line, Period, Total, groups_of, total, totals_by
 
 TOP = 20
-CSV_COLUMNS = ("day", "user_email", "groups", "model", "outcome", "price_source", "policy_rule", "requests",
-               "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "tokens",
-               "cost_usd")
+CSV_COLUMNS = (
+    "day",
+    "user_email",
+    "groups",
+    "model",
+    "outcome",
+    "price_source",
+    "policy_rule",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "tokens",
+    "cost_usd",
+)
 
 _CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f; margin: 2em auto;
@@ -62,9 +75,10 @@ def _e(value: object) -> str:
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: int) -> str:
-    cells = "".join(f'<th{" class=n" if i >= numeric_from else ""}>{_e(h)}</th>' for i, h in enumerate(head))
+    cells = "".join(f"<th{' class=n' if i >= numeric_from else ''}>{_e(h)}</th>" for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=n" if i >= numeric_from else ""}>{_e(v)}</td>' for i, v in enumerate(row))
+        "<tr>"
+        + "".join(f"<td{' class=n' if i >= numeric_from else ''}>{_e(v)}</td>" for i, v in enumerate(row))
         + "</tr>"
         for row in rows
     )
@@ -73,8 +87,14 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[object]], numeric_from: 
 
 def _totals_table(totals: Sequence[Total], what: str, overall: float) -> str:
     rows = [
-        (t.key, f"{t.requests:,}", f"{t.refused:,}", f"{t.tokens:,}", money(t.cost_usd),
-         f"{100 * t.cost_usd / overall:.1f} %" if overall else "-")
+        (
+            t.key,
+            f"{t.requests:,}",
+            f"{t.refused:,}",
+            f"{t.tokens:,}",
+            money(t.cost_usd),
+            f"{100 * t.cost_usd / overall:.1f} %" if overall else "-",
+        )
         for t in totals
     ]
     return _table((what, "requests", "refused", "tokens", "cost", "share of cost"), rows, 1)
@@ -106,8 +126,11 @@ def render_html(report: Report) -> str:
     day_cost = {day: math.fsum(line.cost_usd for line in lines if line.day == day) for day in days}
     day_tokens = {day: sum(line.tokens for line in lines if line.day == day) for day in days}
     cards = (
-        ("cost (list prices)", money(overall.cost_usd)), ("requests", f"{overall.requests:,}"),
-        ("people", f"{report.people:,}"), ("tokens", f"{overall.tokens:,}"), ("refused", f"{overall.refused:,}"),
+        ("cost (list prices)", money(overall.cost_usd)),
+        ("requests", f"{overall.requests:,}"),
+        ("people", f"{report.people:,}"),
+        ("tokens", f"{overall.tokens:,}"),
+        ("refused", f"{overall.refused:,}"),
     )
     day_chart = charts.by_day(days, list(day_cost.values()), list(day_tokens.values()))
     parts = [
@@ -138,8 +161,15 @@ def _spenders(people: Sequence[Total], lines: Sequence[Line], overall: float) ->
     for line in lines:
         groups.setdefault(line.user, set()).update(line.groups)
     rows = [
-        (rank, t.key, ", ".join(sorted(groups.get(t.key, ()))) or "-", f"{t.requests:,}", f"{t.tokens:,}",
-         money(t.cost_usd), f"{100 * t.cost_usd / overall:.1f} %" if overall else "-")
+        (
+            rank,
+            t.key,
+            ", ".join(sorted(groups.get(t.key, ()))) or "-",
+            f"{t.requests:,}",
+            f"{t.tokens:,}",
+            money(t.cost_usd),
+            f"{100 * t.cost_usd / overall:.1f} %" if overall else "-",
+        )
         for rank, t in enumerate(people, 1)
     ]
     return _table(("#", "person", "groups", "requests", "tokens", "cost", "share of cost"), rows, 3)
@@ -176,8 +206,24 @@ def write_csv(path: str, lines: Sequence[Line]) -> None:
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
         for line in ordered:
-            writer.writerow([_cell(v) for v in (
-                line.day.isoformat(), line.user, ";".join(line.groups), line.model, line.outcome, line.price_source,
-                line.policy_rule, line.requests, line.input_tokens, line.output_tokens,
-                line.cache_creation_input_tokens, line.cache_read_input_tokens, line.tokens, f"{line.cost_usd:.6f}",
-            )])
+            writer.writerow(
+                [
+                    _cell(v)
+                    for v in (
+                        line.day.isoformat(),
+                        line.user,
+                        ";".join(line.groups),
+                        line.model,
+                        line.outcome,
+                        line.price_source,
+                        line.policy_rule,
+                        line.requests,
+                        line.input_tokens,
+                        line.output_tokens,
+                        line.cache_creation_input_tokens,
+                        line.cache_read_input_tokens,
+                        line.tokens,
+                        f"{line.cost_usd:.6f}",
+                    )
+                ]
+            )

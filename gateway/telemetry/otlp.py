@@ -89,21 +89,23 @@ def rows(path: str, message: Message, sender: Sender, received_at: datetime) -> 
         if len(result) >= MAX_ROWS:
             break
         merged = {**resource, **attributes}
-        result.append({
-            "telemetry_id": str(uuid.uuid4()),
-            "timestamp": rfc3339(received_at),
-            "signal": signal,
-            "user_email": sender.email,
-            "groups": list(sender.groups),
-            "request_id": sender.request_id,
-            "user_agent": sender.user_agent,
-            "reported_email": _text(merged.get("user.email")),
-            "session_id": _text(merged.get("session.id")),
-            "attributes": _json(attributes),
-            "resource": _json(resource),
-            "scope": scope or None,
-            **fields,
-        })
+        result.append(
+            {
+                "telemetry_id": str(uuid.uuid4()),
+                "timestamp": rfc3339(received_at),
+                "signal": signal,
+                "user_email": sender.email,
+                "groups": list(sender.groups),
+                "request_id": sender.request_id,
+                "user_agent": sender.user_agent,
+                "reported_email": _text(merged.get("user.email")),
+                "session_id": _text(merged.get("session.id")),
+                "attributes": _json(attributes),
+                "resource": _json(resource),
+                "scope": scope or None,
+                **fields,
+            }
+        )
     return result
 
 
@@ -123,8 +125,12 @@ def _metric_rows(message: Any) -> Found:
                         value = point.as_double if point.WhichOneof("value") == "as_double" else float(point.as_int)
                     else:
                         value = point.sum  # histograms and summaries: the sum of what was observed
-                    fields = {"event_time": _time(point.time_unix_nano), "name": metric.name, "value": value,
-                              "unit": metric.unit or None}
+                    fields = {
+                        "event_time": _time(point.time_unix_nano),
+                        "name": metric.name,
+                        "value": value,
+                        "unit": metric.unit or None,
+                    }
                     yield resource, scope_metrics.scope.name, fields, _attributes(point.attributes)
 
 
@@ -152,8 +158,9 @@ def _span_rows(message: Any) -> Found:
         resource = _attributes(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                duration = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6 if span.end_time_unix_nano \
-                    else None
+                duration = (
+                    (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6 if span.end_time_unix_nano else None
+                )
                 fields = {
                     "event_time": _time(span.start_time_unix_nano),
                     "name": span.name,
@@ -223,4 +230,3 @@ def _gunzip(body: bytes, max_bytes: int) -> bytes:
     if len(out) > max_bytes or inflater.unconsumed_tail:
         raise OTLPError(f"Body is larger than {max_bytes} bytes once decompressed.")
     return out
-

@@ -7,13 +7,15 @@ from gateway.audit.schema import Column, Table
 
 TELEMETRY_COLUMNS: tuple[Column, ...] = (
     Column("telemetry_id", "STRING", "Unique id of the row (BigQuery insertId).", "REQUIRED"),
-    Column("timestamp", "TIMESTAMP", "When the gateway received the export (UTC); the table's partitioning.",
-           "REQUIRED"),
+    Column(
+        "timestamp", "TIMESTAMP", "When the gateway received the export (UTC); the table's partitioning.", "REQUIRED"
+    ),
     Column("event_time", "TIMESTAMP", "When the client recorded the data point, event or span start (UTC)."),
     Column("signal", "STRING", "metrics, logs or traces: the OTLP endpoint it came to.", "REQUIRED"),
     Column("name", "STRING", "Metric name (claude_code.cost.usage), event name (tool_decision) or span name."),
-    Column("user_email", "STRING", "Verified Workspace email from the IAP assertion of the export request.",
-           "REQUIRED"),
+    Column(
+        "user_email", "STRING", "Verified Workspace email from the IAP assertion of the export request.", "REQUIRED"
+    ),
     Column("groups", "STRING", "Workspace groups that matched the sender's policy.", "REPEATED"),
     Column("request_id", "STRING", "Gateway request id of the export (its row in the audit table).", "REQUIRED"),
     Column("reported_email", "STRING", "user.email as the client reported it: unverified, for comparison only."),
@@ -35,8 +37,9 @@ TELEMETRY_TABLE = Table("telemetry", TELEMETRY_COLUMNS, key="telemetry_id")
 DEFAULT_TELEMETRY_TABLE = "telemetry"
 TELEMETRY_CLUSTERING_FIELDS = ("user_email", "signal")
 # No command replays telemetry: its spill files and fallback entries are kept for a person to read.
-TELEMETRY_ROWS = RowKind(TELEMETRY_TABLE, "telemetry writer", "telemetry_fallback", spill_folder="telemetry",
-                         replay_command=None)
+TELEMETRY_ROWS = RowKind(
+    TELEMETRY_TABLE, "telemetry writer", "telemetry_fallback", spill_folder="telemetry", replay_command=None
+)
 
 
 def telemetry_sink_url(audit_sink: str) -> str:

@@ -19,4 +19,3 @@ def loads_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise GatewayError(400, "Request body must be a JSON object.", outcome="bad_request")
     return data
-

@@ -307,9 +307,7 @@ class Connection(asyncio.Protocol):
             if conn.error is not None:
                 raise conn.error
             if await conn.wait(read_timeout):
-                raise UpstreamTimeout(
-                    f"no reply from upstream within {read_timeout:g}s", FailureKind.READ_TIMEOUT
-                )
+                raise UpstreamTimeout(f"no reply from upstream within {read_timeout:g}s", FailureKind.READ_TIMEOUT)
 
 
 async def open_connection(
@@ -346,9 +344,7 @@ async def open_connection(
     return conn
 
 
-def request_head(
-    method: str, target: Target, headers: list[tuple[bytes, bytes]], body: bytes | None
-) -> bytes:
+def request_head(method: str, target: Target, headers: list[tuple[bytes, bytes]], body: bytes | None) -> bytes:
     """The request line and headers: the caller's in order, a host if none, our own framing."""
     parts = [method.encode("ascii"), b" ", target.target, b" HTTP/1.1\r\n", b""]
     lines = 2  # request line, blank line

@@ -96,8 +96,13 @@ def matches(log_filter: str, entry: dict[str, Any]) -> bool:
         if not isinstance(value, int | float) or isinstance(value, bool):
             return False
         number = float(parsed["number"])
-        if not {">": value > number, ">=": value >= number, "<": value < number, "<=": value <= number,
-                "=": value == number}[op]:
+        if not {
+            ">": value > number,
+            ">=": value >= number,
+            "<": value < number,
+            "<=": value <= number,
+            "=": value == number,
+        }[op]:
             return False
     return True
 
@@ -113,11 +118,23 @@ def extract(extractor: str, entry: dict[str, Any]) -> Any:
 
 def served(**fields: Any) -> AuditRecord:
     values: dict[str, Any] = {
-        "method": "POST", "path": "/v1/messages", "status_code": 200, "outcome": "ok",
-        "user_email": "ada@example.com", "groups": ["eng@example.com", "all@example.com"],
-        "requested_model": "claude-sonnet-4-5", "served_model": "claude-sonnet-4-5", "upstream": "anthropic",
-        "attempts": 1, "input_tokens": 100, "output_tokens": 50, "cache_creation_input_tokens": 10,
-        "cache_read_input_tokens": 1000, "cost_usd": 0.0123, "ttfb_ms": 412.5, "duration_ms": 2000.0,
+        "method": "POST",
+        "path": "/v1/messages",
+        "status_code": 200,
+        "outcome": "ok",
+        "user_email": "ada@example.com",
+        "groups": ["eng@example.com", "all@example.com"],
+        "requested_model": "claude-sonnet-4-5",
+        "served_model": "claude-sonnet-4-5",
+        "upstream": "anthropic",
+        "attempts": 1,
+        "input_tokens": 100,
+        "output_tokens": 50,
+        "cache_creation_input_tokens": 10,
+        "cache_read_input_tokens": 1000,
+        "cost_usd": 0.0123,
+        "ttfb_ms": 412.5,
+        "duration_ms": 2000.0,
         **fields,
     }
     return AuditRecord("req-1", datetime.now(UTC), **values)
@@ -127,10 +144,17 @@ def budget_event(threshold: float) -> None:
     """The event as the budget code writes it (logger gateway.budget, message budget_threshold_crossed)."""
     logging.getLogger("gateway.budget").warning(
         "budget_threshold_crossed",
-        extra={"json_fields": {
-            "user": "ada@example.com", "groups": ["eng@example.com"], "period": "month", "threshold": threshold,
-            "spent_usd": 70.5, "budget_usd": 100.0, "resets_at": "2027-01-01T00:00:00Z",
-        }},
+        extra={
+            "json_fields": {
+                "user": "ada@example.com",
+                "groups": ["eng@example.com"],
+                "period": "month",
+                "threshold": threshold,
+                "spent_usd": 70.5,
+                "budget_usd": 100.0,
+                "resets_at": "2027-01-01T00:00:00Z",
+            }
+        },
     )
 
 
@@ -171,9 +195,21 @@ def test_a_served_request_counts_in_requests_tokens_cost_and_latency(
 
 
 def test_a_refusal_is_a_request_without_tokens_or_cost(default_plan: Plan, structured_lines: io.StringIO) -> None:
-    log_access(served(outcome="denied", status_code=403, groups=[], served_model=None, input_tokens=None,
-                      output_tokens=None, cache_creation_input_tokens=None, cache_read_input_tokens=None,
-                      cost_usd=None, ttfb_ms=None), project=None)
+    log_access(
+        served(
+            outcome="denied",
+            status_code=403,
+            groups=[],
+            served_model=None,
+            input_tokens=None,
+            output_tokens=None,
+            cache_creation_input_tokens=None,
+            cache_read_input_tokens=None,
+            cost_usd=None,
+            ttfb_ms=None,
+        ),
+        project=None,
+    )
     (entry,) = entries(structured_lines)
 
     requests = metric(default_plan, "requests")
@@ -204,7 +240,8 @@ def test_audit_fallback_entries_are_counted_by_kind(default_plan: Plan, structur
     fallback = metric(default_plan, "audit_fallback")
     assert [matches(fallback["filter"], entry) for entry in found] == [True, True, False]
     assert [extract(fallback["label_extractors"]["kind"], entry) for entry in found[:2]] == [
-        "audit_fallback", "audit_content_fallback"
+        "audit_fallback",
+        "audit_content_fallback",
     ]
 
 
@@ -219,7 +256,9 @@ def test_each_budget_crossing_matches_exactly_its_thresholds_alert(
 
     assert all(matches(metric(default_plan, "budget")["filter"], entry) for entry in found)
     assert [extract(metric(default_plan, "budget")["label_extractors"]["threshold"], e) for e in found] == [
-        0.7, 0.9, 1.0
+        0.7,
+        0.9,
+        1.0,
     ]
     matched = {}
     for address, values in budget_policies.items():
@@ -227,7 +266,10 @@ def test_each_budget_crossing_matches_exactly_its_thresholds_alert(
         (log_match,) = condition["condition_matched_log"]
         matched[address] = [entry["jsonPayload"]["threshold"] for entry in found if matches(log_match["filter"], entry)]
         assert {key: extract(value, found[0]) for key, value in log_match["label_extractors"].items()} == {
-            "user": "ada@example.com", "period": "month", "spent_usd": 70.5, "budget_usd": 100.0,
+            "user": "ada@example.com",
+            "period": "month",
+            "spent_usd": 70.5,
+            "budget_usd": 100.0,
             "resets_at": "2027-01-01T00:00:00Z",
         }
     assert matched == {
@@ -268,11 +310,17 @@ def test_every_alert_and_chart_refers_to_a_metric_the_plan_creates(default_plan:
 def test_the_dashboard_charts_each_measure_by_model_and_by_group(default_plan: Plan) -> None:
     (dashboard,) = default_plan.of_type("google_monitoring_dashboard").values()
     layout = json.loads(dashboard["dashboard_json"])["mosaicLayout"]
-    charts = {tile["widget"]["title"]: tile["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"]
-              for tile in layout["tiles"]}
+    charts = {
+        tile["widget"]["title"]: tile["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"] for tile in layout["tiles"]
+    }
 
-    for measure in ("Requests", "Tokens", "Cost (USD, list prices)", "Requests not ok (errors and refusals)",
-                    "Time to first byte, p95"):
+    for measure in (
+        "Requests",
+        "Tokens",
+        "Cost (USD, list prices)",
+        "Requests not ok (errors and refusals)",
+        "Time to first byte, p95",
+    ):
         for by in ("model", "groups"):
             query = charts[f"{measure} by {by}"]["prometheusQuery"]
             assert f"by ({by}" in query and f'service_name="{SERVICE}"' in query
@@ -312,6 +360,10 @@ def test_monitoring_can_be_switched_off(planner: Planner) -> None:
     plan = planner.plan({**REQUIRED_VARIABLES, "monitoring_enabled": False, "alert_emails": ["a@example.com"]})
     assert plan.ok, "\n".join(plan.errors)
     kinds = {address.split(".")[0] for address in plan.resources}
-    assert not kinds & {"google_logging_metric", "google_monitoring_alert_policy", "google_monitoring_dashboard",
-                        "google_monitoring_notification_channel"}
+    assert not kinds & {
+        "google_logging_metric",
+        "google_monitoring_alert_policy",
+        "google_monitoring_dashboard",
+        "google_monitoring_notification_channel",
+    }
     assert plan.shown["planned_values"]["outputs"]["monitoring_dashboard"].get("value") is None

@@ -47,9 +47,14 @@ def test_max_tokens_over_the_cap_is_refused_however_it_is_spelled(capped: Stack,
     assert capped.upstream.requests == []
 
 
-@pytest.mark.parametrize(("max_tokens", "reason"), [(b'"64000"', "max_tokens: must be an integer."),
-                                                    (b"4000.5", "max_tokens: must be an integer."),
-                                                    (b"true", "max_tokens: must be an integer.")])
+@pytest.mark.parametrize(
+    ("max_tokens", "reason"),
+    [
+        (b'"64000"', "max_tokens: must be an integer."),
+        (b"4000.5", "max_tokens: must be an integer."),
+        (b"true", "max_tokens: must be an integer."),
+    ],
+)
 def test_max_tokens_that_is_not_a_count_is_a_400(capped: Stack, max_tokens: bytes, reason: str) -> None:
     body = b'{"model":"claude-haiku-4-5","max_tokens":' + max_tokens + b',"messages":[]}'
 
@@ -104,13 +109,15 @@ def long_reply(seen: Any) -> Reply:
 
 def read_until_then_hang_up(stack: Stack, marker: bytes) -> int:
     """Stream a reply and close the connection as soon as `marker` has arrived; the bytes read."""
-    body = orjson.dumps({"model": HAIKU, "max_tokens": 1000, "stream": True,
-                         "messages": [{"role": "user", "content": "count"}]})
+    body = orjson.dumps(
+        {"model": HAIKU, "max_tokens": 1000, "stream": True, "messages": [{"role": "user", "content": "count"}]}
+    )
     headers = {"content-type": "application/json", **stack.headers()}
     seen = b""
-    with httpx.Client(timeout=10) as client, client.stream(
-        "POST", stack.url + "/v1/messages", content=body, headers=headers
-    ) as response:
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("POST", stack.url + "/v1/messages", content=body, headers=headers) as response,
+    ):
         for chunk in response.iter_raw():
             seen += chunk
             if marker in seen:
@@ -137,8 +144,9 @@ def test_a_hang_up_user_is_stopped_by_a_budget_no_later_than_an_honest_one(
     # Each full reply costs $0.001 input + $0.001 output (200 tokens at $5/M), $0.002 in all; the budget holds 5.
     def replies(seen: Any) -> Reply:
         pieces = [f"word{i:03d} " for i in range(200)]
-        events = stream_events(pieces, model=HAIKU, input_tokens=1000, cache_creation=0, cache_read=0,
-                               output_tokens=200)
+        events = stream_events(
+            pieces, model=HAIKU, input_tokens=1000, cache_creation=0, cache_read=0, output_tokens=200
+        )
         return Reply(200, SSE_HEADERS, events, delay=0.002)
 
     path = policy_file(tmp_path, {"daily_budget_usd": 0.01})
@@ -154,13 +162,15 @@ def test_a_hang_up_user_is_stopped_by_a_budget_no_later_than_an_honest_one(
 
 
 def served_until_refused(stack: Stack, *, hang_up: bool) -> int:
-    body = orjson.dumps({"model": HAIKU, "max_tokens": 1000, "stream": True,
-                         "messages": [{"role": "user", "content": "count"}]})
+    body = orjson.dumps(
+        {"model": HAIKU, "max_tokens": 1000, "stream": True, "messages": [{"role": "user", "content": "count"}]}
+    )
     for served in range(50):
         headers = {"content-type": "application/json", **stack.headers()}
-        with httpx.Client(timeout=10) as client, client.stream(
-            "POST", stack.url + "/v1/messages", content=body, headers=headers
-        ) as response:
+        with (
+            httpx.Client(timeout=10) as client,
+            client.stream("POST", stack.url + "/v1/messages", content=body, headers=headers) as response,
+        ):
             if response.status_code == 429:
                 return served
             seen = b""
@@ -175,8 +185,9 @@ def served_until_refused(stack: Stack, *, hang_up: bool) -> int:
 
 def test_a_non_streaming_client_that_hangs_up_is_charged_its_input(make_stack: StackFactory) -> None:
     with make_stack() as stack:
-        stack.upstream.reply = lambda seen: Reply(200, [("content-type", "application/json")],
-                                                  [message_json("late", model=HAIKU)], hold=3.0)
+        stack.upstream.reply = lambda seen: Reply(
+            200, [("content-type", "application/json")], [message_json("late", model=HAIKU)], hold=3.0
+        )
         body = orjson.dumps({"model": HAIKU, "max_tokens": 10, "messages": [{"role": "user", "content": "x" * 4000}]})
         with pytest.raises(httpx.ReadTimeout):
             request(stack, body, timeout=0.5)
@@ -192,8 +203,10 @@ def raw_post(stack: Stack, declared: int, sent: bytes) -> socket.socket:
     """A POST that declares `declared` body bytes and sends only `sent`, left open."""
     host, port = stack.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    head = (f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-            f"content-length: {declared}\r\nx-goog-iap-jwt-assertion: {stack.assertion()}\r\n\r\n")
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {declared}\r\nx-goog-iap-jwt-assertion: {stack.assertion()}\r\n\r\n"
+    )
     sock.sendall(head.encode() + sent)
     return sock
 
@@ -245,11 +258,12 @@ def wait_until_held(stack: Stack, size: int) -> None:
 def raw_post_as(stack: Stack, headers: dict[str, str], declared: int) -> socket.socket:
     host, port = stack.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    head = (f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-            f"content-length: {declared}\r\nx-goog-iap-jwt-assertion: {headers['x-goog-iap-jwt-assertion']}\r\n\r\n")
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {declared}\r\nx-goog-iap-jwt-assertion: {headers['x-goog-iap-jwt-assertion']}\r\n\r\n"
+    )
     sock.sendall(head.encode() + b"{")
     return sock
-
 
 
 @pytest.mark.parametrize("counters", ["in-process", "redis"])
@@ -262,10 +276,16 @@ def test_requests_in_flight_hold_their_most_so_parallel_ones_cannot_overshoot_a_
     options = shared if counters == "redis" else {}
     with make_stack(policy_file=path, group_resolver="static", **options) as stack:
         stack.upstream.reply = lambda seen: Reply(
-            200, SSE_HEADERS, stream_events(["slow"] * 20, model=HAIKU, input_tokens=25, cache_creation=0,
-                                            cache_read=0, output_tokens=20), delay=0.1)
-        body = orjson.dumps({"model": HAIKU, "max_tokens": 800, "stream": True,
-                             "messages": [{"role": "user", "content": "x"}]})
+            200,
+            SSE_HEADERS,
+            stream_events(
+                ["slow"] * 20, model=HAIKU, input_tokens=25, cache_creation=0, cache_read=0, output_tokens=20
+            ),
+            delay=0.1,
+        )
+        body = orjson.dumps(
+            {"model": HAIKU, "max_tokens": 800, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+        )
         results: list[httpx.Response] = []
         with ThreadPoolExecutor(4) as pool:
             futures = []

@@ -122,8 +122,14 @@ def replay_log(gateway: GatewayProcess, table: TableRef, relay: Relay, monkeypat
 
 @pytest.mark.parametrize("outage", ["down", "hanging"])
 def test_bigquery_outage_then_sigkill_loses_no_completed_request_and_replay_rebuilds_the_table(
-    outage: str, emulator: Emulator, relay: Relay, upstream: tuple[FakeUpstream, str], signer: AssertionSigner,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    outage: str,
+    emulator: Emulator,
+    relay: Relay,
+    upstream: tuple[FakeUpstream, str],
+    signer: AssertionSigner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fake, fake_url = upstream
     fake.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("ok", model=SONNET)])
@@ -155,12 +161,18 @@ def test_bigquery_outage_then_sigkill_loses_no_completed_request_and_replay_rebu
         print(
             f"\nBigQuery {outage}: {len(during.completed)} requests during the outage, all durable; "
             f"logged {statistics.median(waits):.2f}s (median) and {max(waits):.2f}s (max) after the client had "
-            "its reply" if waits else ""
+            "its reply"
+            if waits
+            else ""
         )
 
 
 def test_sigkill_mid_traffic_during_an_outage_loses_only_rows_of_the_last_two_seconds(
-    emulator: Emulator, relay: Relay, upstream: tuple[FakeUpstream, str], signer: AssertionSigner, tmp_path: Path,
+    emulator: Emulator,
+    relay: Relay,
+    upstream: tuple[FakeUpstream, str],
+    signer: AssertionSigner,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The loss window, measured: the instance dies while requests flow and BigQuery hangs."""
@@ -188,19 +200,47 @@ def test_sigkill_mid_traffic_during_an_outage_loses_only_rows_of_the_last_two_se
 
 def slow_stream(seconds: float = 20.0, interval: float = 0.25) -> Reply:
     """A Claude turn that takes `seconds`: message_start at once, then a text delta every `interval`."""
-    usage = {"input_tokens": STREAM_INPUT_TOKENS, "cache_read_input_tokens": STREAM_CACHE_READ,
-             "cache_creation_input_tokens": 0, "output_tokens": 1}
-    start = event("message_start", {"type": "message_start", "message": {
-        "id": "msg_slow", "type": "message", "role": "assistant", "model": SONNET, "content": [],
-        "stop_reason": None, "usage": usage}})
-    block = event("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}})
-    delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": "word "}})
-    end = [event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-           event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                   "usage": {"output_tokens": int(seconds / interval)}}),
-           event("message_stop", {"type": "message_stop"})]
+    usage = {
+        "input_tokens": STREAM_INPUT_TOKENS,
+        "cache_read_input_tokens": STREAM_CACHE_READ,
+        "cache_creation_input_tokens": 0,
+        "output_tokens": 1,
+    }
+    start = event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_slow",
+                "type": "message",
+                "role": "assistant",
+                "model": SONNET,
+                "content": [],
+                "stop_reason": None,
+                "usage": usage,
+            },
+        },
+    )
+    block = event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    delta = event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word "}},
+    )
+    end = [
+        event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": int(seconds / interval)},
+            },
+        ),
+        event("message_stop", {"type": "message_stop"}),
+    ]
     return Reply(200, SSE_HEADERS, [start + block] + [delta] * int(seconds / interval) + end, delay=interval)
 
 
@@ -233,24 +273,38 @@ class Stream:
 
 def policy_file(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
-    document = {"version": 1, "groups": {"eng@example.com": {"daily_budget_usd": 1000}},
-                "members": {"eng@example.com": ["ada@example.com"]}}
+    document = {
+        "version": 1,
+        "groups": {"eng@example.com": {"daily_budget_usd": 1000}},
+        "members": {"eng@example.com": ["ada@example.com"]},
+    }
     path.write_text(yaml.safe_dump(document))
     return path
 
 
 @pytest.mark.parametrize("bigquery", ["up", "down", "hanging"])
 def test_sigterm_cuts_long_streams_with_overloaded_error_and_audits_them_truthfully_inside_the_budget(
-    bigquery: str, emulator: Emulator, relay: Relay, upstream: tuple[FakeUpstream, str], signer: AssertionSigner,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    bigquery: str,
+    emulator: Emulator,
+    relay: Relay,
+    upstream: tuple[FakeUpstream, str],
+    signer: AssertionSigner,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fake, fake_url = upstream
     fake.reply = lambda seen: slow_stream(20.0)
     table = emulator.new_table()
     prefix = f"test-audit-{uuid.uuid4().hex[:8]}"
-    env = bigquery_env(table, relay, fake_url, GATEWAY_POLICY_FILE=str(policy_file(tmp_path)),
-                       GATEWAY_GROUP_RESOLVER="static", GATEWAY_REDIS_URL="redis://127.0.0.1:6379/0",
-                       GATEWAY_REDIS_KEY_PREFIX=prefix)
+    env = bigquery_env(
+        table,
+        relay,
+        fake_url,
+        GATEWAY_POLICY_FILE=str(policy_file(tmp_path)),
+        GATEWAY_GROUP_RESOLVER="static",
+        GATEWAY_REDIS_URL="redis://127.0.0.1:6379/0",
+        GATEWAY_REDIS_KEY_PREFIX=prefix,
+    )
     with gateway_process(env, tmp_path) as gateway:
         streams = [Stream(gateway.url, headers(signer)) for _ in range(4)]
         assert all(stream.flowing.wait(15) for stream in streams)

@@ -43,9 +43,9 @@ def relay(emulator: Emulator) -> Iterator[Relay]:
 
 
 @contextmanager
-def gateway_process(table: TableRef, bigquery_url: str, upstream_url: str, tmp_path: Path) -> Iterator[
-    tuple[subprocess.Popen[bytes], str, Path]
-]:
+def gateway_process(
+    table: TableRef, bigquery_url: str, upstream_url: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     """`claude-gateway serve` configured from the environment, rows held in its queue (a flush only when
     50,000 rows are queued or after ten minutes), its stdout (Cloud Logging
     JSON lines) in a file."""
@@ -100,8 +100,10 @@ def queued(url: str) -> int:
 
 
 def count_rows(emulator: Emulator, table: TableRef) -> list[str]:
-    return [row["request_id"] for row in
-            emulator.query(f"SELECT request_id FROM {table.sql} WHERE timestamp >= TIMESTAMP '2000-01-01'")]
+    return [
+        row["request_id"]
+        for row in emulator.query(f"SELECT request_id FROM {table.sql} WHERE timestamp >= TIMESTAMP '2000-01-01'")
+    ]
 
 
 def test_sigterm_writes_queued_rows_to_bigquery_before_exit(
@@ -123,8 +125,13 @@ def test_sigterm_writes_queued_rows_to_bigquery_before_exit(
 
 
 def test_sigterm_with_bigquery_down_logs_queued_rows_as_audit_fallback_and_replay_sends_them(
-    emulator: Emulator, relay: Relay, upstream: tuple[FakeUpstream, str], signer: AssertionSigner, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    emulator: Emulator,
+    relay: Relay,
+    upstream: tuple[FakeUpstream, str],
+    signer: AssertionSigner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fake, fake_url = upstream
     table = emulator.new_table()
@@ -134,8 +141,11 @@ def test_sigterm_with_bigquery_down_logs_queued_rows_as_audit_fallback_and_repla
         relay.down()
         took = terminate(process)
 
-    fallback = [entry for entry in map(orjson.loads, stdout.read_bytes().splitlines())
-                if entry.get("message") == "audit_fallback"]
+    fallback = [
+        entry
+        for entry in map(orjson.loads, stdout.read_bytes().splitlines())
+        if entry.get("message") == "audit_fallback"
+    ]
     assert clean_exit(process, stdout)
     assert took < CLOUD_RUN_GRACE
     assert {entry["audit_fallback"]["request_id"] for entry in fallback} == set(sent)

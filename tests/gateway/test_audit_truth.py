@@ -45,8 +45,9 @@ def test_an_upstream_200_that_never_started_or_never_finished_is_an_upstream_err
 ) -> None:
     stack.upstream.reply = lambda seen: Reply(200, headers, chunks)
     stream = headers is SSE_HEADERS
-    response = httpx.post(f"{stack.url}/v1/messages", json={**BODY, "stream": stream}, headers=stack.headers(),
-                          timeout=10)
+    response = httpx.post(
+        f"{stack.url}/v1/messages", json={**BODY, "stream": stream}, headers=stack.headers(), timeout=10
+    )
     row = stack.rows(1)[0]
 
     assert response.status_code == 200  # already sent when the trouble shows
@@ -58,8 +59,9 @@ def test_a_complete_stream_and_a_complete_json_reply_stay_ok(stack: Stack) -> No
     stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, complete_stream())
     httpx.post(f"{stack.url}/v1/messages", json=BODY, headers=stack.headers(), timeout=10)
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [b'{"input_tokens": 12}'])
-    httpx.post(f"{stack.url}/v1/messages/count_tokens", json={**BODY, "stream": False}, headers=stack.headers(),
-               timeout=10)
+    httpx.post(
+        f"{stack.url}/v1/messages/count_tokens", json={**BODY, "stream": False}, headers=stack.headers(), timeout=10
+    )
 
     assert [row["outcome"] for row in stack.rows(2)] == ["ok", "ok"]
 
@@ -118,10 +120,17 @@ def test_a_stream_the_server_cancels_at_its_graceful_timeout_is_audited_with_its
     """Under a server that knows nothing of the gateway's own shutdown cut (uvicorn alone, 5 s graceful timeout),
     the stream is cancelled: the relay's bookkeeping still runs and the row says what happened."""
     fake, fake_url = upstream
-    start = event("message_start", {"type": "message_start", "message": {
-        "id": "msg_slow", "model": SONNET, "usage": {"input_tokens": 4000, "output_tokens": 1}}})
-    delta = event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": "word "}})
+    start = event(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {"id": "msg_slow", "model": SONNET, "usage": {"input_tokens": 4000, "output_tokens": 1}},
+        },
+    )
+    delta = event(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word "}},
+    )
     fake.reply = lambda seen: Reply(200, SSE_HEADERS, [start] + [delta] * 200, delay=0.1)
     audit_db = tmp_path / "audit.db"
     body = b""

@@ -374,7 +374,8 @@ def test_replay_reads_spill_files_fallback_log_lines_and_gcloud_json(tmp_path: P
     log_lines = tmp_path / "stdout.log"
     log_lines.write_bytes(
         b'{"message": "gateway started"}\nTraceback (most recent call last):\n'
-        + orjson.dumps({"message": "audit_fallback", "audit_fallback": row}) + b"\n"
+        + orjson.dumps({"message": "audit_fallback", "audit_fallback": row})
+        + b"\n"
     )
     exported = tmp_path / "entries.json"
     # Cloud Logging keeps numbers as doubles: integer columns come back as integers.

@@ -24,8 +24,9 @@ def assert_anthropic_error(response: httpx.Response, status: int, error_type: st
     [(b"{not json", "not valid JSON"), (b'["a", "list"]', "JSON object"), (b"\xff\xfe", "not valid JSON")],
 )
 def test_malformed_body_gets_400(stack: Stack, body: bytes, fragment: str) -> None:
-    response = httpx.post(stack.url + "/v1/messages", content=body,
-                          headers={"content-type": "application/json", **stack.headers()})
+    response = httpx.post(
+        stack.url + "/v1/messages", content=body, headers={"content-type": "application/json", **stack.headers()}
+    )
 
     assert_anthropic_error(response, 400, "invalid_request_error")
     assert fragment in response.json()["error"]["message"]
@@ -35,8 +36,11 @@ def test_malformed_body_gets_400(stack: Stack, body: bytes, fragment: str) -> No
 
 
 def test_wrong_content_type_gets_415(stack: Stack) -> None:
-    response = httpx.post(stack.url + "/v1/messages", content=b"model=x",
-                          headers={"content-type": "application/x-www-form-urlencoded", **stack.headers()})
+    response = httpx.post(
+        stack.url + "/v1/messages",
+        content=b"model=x",
+        headers={"content-type": "application/x-www-form-urlencoded", **stack.headers()},
+    )
 
     assert_anthropic_error(response, 415, "invalid_request_error")
     assert stack.rows(1)[0]["outcome"] == "bad_request"
@@ -46,14 +50,18 @@ def test_body_over_the_limit_gets_413_without_reading_it_all(make_stack: StackFa
     with make_stack(max_body_bytes=1024) as stack:
         big = b'{"model": "claude-sonnet-4-5", "messages": [], "pad": "' + b"x" * 4096 + b'"}'
 
-        declared = httpx.post(stack.url + "/v1/messages", content=big,
-                              headers={"content-type": "application/json", **stack.headers()})
+        declared = httpx.post(
+            stack.url + "/v1/messages", content=big, headers={"content-type": "application/json", **stack.headers()}
+        )
 
         def chunks() -> Iterator[bytes]:
             yield big  # sent chunked, with no Content-Length to refuse early
 
-        streamed = httpx.post(stack.url + "/v1/messages", content=chunks(),
-                              headers={"content-type": "application/json", **stack.headers()})
+        streamed = httpx.post(
+            stack.url + "/v1/messages",
+            content=chunks(),
+            headers={"content-type": "application/json", **stack.headers()},
+        )
 
         for response in (declared, streamed):
             assert_anthropic_error(response, 413, "request_too_large")
@@ -94,8 +102,9 @@ def test_healthz_needs_no_identity(stack: Stack) -> None:
 def test_a_flood_of_bad_requests_leaves_the_worker_serving(stack: Stack) -> None:
     bodies = [b"", b"{", b"null", b'{"model": 5}', b'{"stream": "yes"}', b"\x00" * 100]
     for body in bodies:
-        response = httpx.post(stack.url + "/v1/messages", content=body,
-                              headers={"content-type": "application/json", **stack.headers()})
+        response = httpx.post(
+            stack.url + "/v1/messages", content=body, headers={"content-type": "application/json", **stack.headers()}
+        )
         assert response.status_code in (400, 200, 502)
 
     assert httpx.get(stack.url + "/healthz").status_code == 200
@@ -106,8 +115,9 @@ def test_lone_surrogate_escape_is_relayed_not_refused(stack: Stack) -> None:
     """A JavaScript client cutting a string mid-emoji sends `\\ud83d` alone: valid JSON, though orjson refuses it."""
     body = b'{"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "cut \\ud83d"}]}'
 
-    response = httpx.post(stack.url + "/v1/messages", content=body,
-                          headers={"content-type": "application/json", **stack.headers()})
+    response = httpx.post(
+        stack.url + "/v1/messages", content=body, headers={"content-type": "application/json", **stack.headers()}
+    )
 
     assert response.status_code == 200
     assert stack.upstream.requests[-1].body == body

@@ -71,9 +71,13 @@ def test_requests_through_the_gateway_become_rows_in_bigquery(
         stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["Hel", "lo"], output_tokens=9))
         before = datetime.now(UTC)
         with httpx.Client(base_url=stack.url, timeout=10) as client:
-            ok = client.post("/v1/messages", json={**BODY, "stream": True},
-                             headers=stack.headers(**{"x-claude-code-session-id": "sess-42",
-                                                      "user-agent": "claude-cli/2.1.0 (external, cli)"}))
+            ok = client.post(
+                "/v1/messages",
+                json={**BODY, "stream": True},
+                headers=stack.headers(
+                    **{"x-claude-code-session-id": "sess-42", "user-agent": "claude-cli/2.1.0 (external, cli)"}
+                ),
+            )
             refused = client.post("/v1/messages", json=BODY, headers={"anthropic-version": "2023-06-01"})
         written = table_rows(emulator, table, 2)
         counters = metrics(stack.url)
@@ -107,8 +111,12 @@ def test_bigquery_outage_while_requests_flow_loses_no_row(
     relay = Relay(("127.0.0.1", int(emulator.url.rsplit(":", 1)[1])))
     relay.up()
     settings = sink_settings(
-        table, relay.url, tmp_path,
-        audit_queue_size=20, audit_batch_size=10, audit_retry_max_seconds=1.0,
+        table,
+        relay.url,
+        tmp_path,
+        audit_queue_size=20,
+        audit_batch_size=10,
+        audit_retry_max_seconds=1.0,
     )
     sent: list[str] = []
     with make_stack(**settings) as stack, httpx.Client(base_url=stack.url, timeout=10) as client:
@@ -142,17 +150,21 @@ def test_bigquery_outage_while_requests_flow_loses_no_row(
     assert after["gateway_audit_rows_replayed_total"] > 0
     assert after["gateway_audit_rows_dropped_total"] == 0
     assert after["gateway_audit_spill_rows"] == 0
-    fallback = {r.json_fields["audit_fallback"]["request_id"] for r in caplog.records
-                if r.getMessage() == "audit_fallback"}
+    fallback = {
+        r.json_fields["audit_fallback"]["request_id"] for r in caplog.records if r.getMessage() == "audit_fallback"
+    }
     assert fallback and fallback <= set(sent)
-    print(f"\noutage: {int(during['gateway_audit_rows_spilled_total'])} rows spilled, "
-          f"{int(during['gateway_audit_rows_failed_over_total'])} logged as audit_fallback; "
-          f"caught up {caught_up:.1f}s after BigQuery came back; {len(ids) - len(set(ids))} duplicate rows")
+    print(
+        f"\noutage: {int(during['gateway_audit_rows_spilled_total'])} rows spilled, "
+        f"{int(during['gateway_audit_rows_failed_over_total'])} logged as audit_fallback; "
+        f"caught up {caught_up:.1f}s after BigQuery came back; {len(ids) - len(set(ids))} duplicate rows"
+    )
 
 
 def test_a_missing_table_is_a_clear_start_up_error(emulator: Emulator, tmp_path: Path) -> None:
-    settings = Settings(dev_mode=True, **sink_settings(TableRef(emulator.project, "nowhere", "audit"),
-                                                       emulator.url, tmp_path))
+    settings = Settings(
+        dev_mode=True, **sink_settings(TableRef(emulator.project, "nowhere", "audit"), emulator.url, tmp_path)
+    )
     writer = AuditWriter.from_settings(settings)
 
     with pytest.raises(SinkConfigError, match="does not exist: create it with `claude-gateway bq init"):
@@ -176,8 +188,9 @@ def test_bigquery_unreachable_at_start_up_is_a_warning_and_rows_wait(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     relay = Relay(("127.0.0.1", 9))  # never up: a dead port
-    settings = Settings(dev_mode=True, **sink_settings(TableRef("p-roject", "d", "t"), relay.url, tmp_path,
-                                                       audit_retry_max_seconds=0.2))
+    settings = Settings(
+        dev_mode=True, **sink_settings(TableRef("p-roject", "d", "t"), relay.url, tmp_path, audit_retry_max_seconds=0.2)
+    )
 
     async def run() -> AuditWriter:
         writer = AuditWriter.from_settings(settings)
@@ -195,8 +208,13 @@ def test_bigquery_unreachable_at_start_up_is_a_warning_and_rows_wait(
 
 @pytest.mark.parametrize(
     "url",
-    ["bigquery://project/dataset", "bigquery://Project/d/t", "bigquery://my-project/data-set/t", "bq://p/d/t",
-     "sqlite:///"],
+    [
+        "bigquery://project/dataset",
+        "bigquery://Project/d/t",
+        "bigquery://my-project/data-set/t",
+        "bq://p/d/t",
+        "sqlite:///",
+    ],
 )
 def test_a_misconfigured_sink_url_is_refused_with_settings(url: str) -> None:
     with pytest.raises(ValidationError, match="GATEWAY_AUDIT_SINK"):
@@ -205,8 +223,16 @@ def test_a_misconfigured_sink_url_is_refused_with_settings(url: str) -> None:
 
 def test_oversized_fields_are_truncated_not_refused(emulator: Emulator, tmp_path: Path) -> None:
     table = emulator.new_table()
-    record = AuditRecord("req-big", datetime.now(UTC), "POST", "/v1/messages", status_code=502,
-                         outcome="upstream_error", error_message="x" * 100_000, user_agent="y" * 10_000)
+    record = AuditRecord(
+        "req-big",
+        datetime.now(UTC),
+        "POST",
+        "/v1/messages",
+        status_code=502,
+        outcome="upstream_error",
+        error_message="x" * 100_000,
+        user_agent="y" * 10_000,
+    )
     settings = Settings(dev_mode=True, **sink_settings(table, emulator.url, tmp_path))
 
     async def run() -> AuditWriter:

@@ -61,29 +61,93 @@ def audit_rows() -> list[AuditRecord]:
     ada = {"groups": ["eng@example.com", "all@example.com"], "session_id": "s1"}
     bob = {"groups": ["all@example.com"], "session_id": "s2"}
     rows = [
-        row(T0, "ada@example.com", **ada, agent_id="a1", requested_model=sonnet, served_model=sonnet,
-            input_tokens=100, output_tokens=50, cache_creation_input_tokens=10, cache_read_input_tokens=1000,
-            cost_usd=0.5),
-        row(T0, "ada@example.com", **ada, agent_id="a2", requested_model=sonnet, served_model=sonnet,
-            input_tokens=200, output_tokens=100, cost_usd=1.0),
-        row(T0, "ada@example.com", **ada, requested_model=opus, status_code=403, outcome="denied",
-            policy_rule="opus-for-staff", error_message="claude-opus-4-1 is not allowed for ada@example.com"),
-        row(T0, "bob@example.com", **bob, requested_model=haiku, served_model=haiku, input_tokens=10,
-            output_tokens=5, cost_usd=0.01),
-        row(T0, "bob@example.com", **bob, requested_model=haiku, status_code=429, outcome="rate_limited",
-            policy_rule="default"),
-        row(T0, None, status_code=401, outcome="unauthenticated", client_ip="203.0.113.9",
-            error_message="Missing IAP assertion."),
-        row(days_ago(8), "bob@example.com", **bob, requested_model=haiku, served_model=haiku, input_tokens=40,
-            output_tokens=20, cost_usd=5.0),
+        row(
+            T0,
+            "ada@example.com",
+            **ada,
+            agent_id="a1",
+            requested_model=sonnet,
+            served_model=sonnet,
+            input_tokens=100,
+            output_tokens=50,
+            cache_creation_input_tokens=10,
+            cache_read_input_tokens=1000,
+            cost_usd=0.5,
+        ),
+        row(
+            T0,
+            "ada@example.com",
+            **ada,
+            agent_id="a2",
+            requested_model=sonnet,
+            served_model=sonnet,
+            input_tokens=200,
+            output_tokens=100,
+            cost_usd=1.0,
+        ),
+        row(
+            T0,
+            "ada@example.com",
+            **ada,
+            requested_model=opus,
+            status_code=403,
+            outcome="denied",
+            policy_rule="opus-for-staff",
+            error_message="claude-opus-4-1 is not allowed for ada@example.com",
+        ),
+        row(
+            T0,
+            "bob@example.com",
+            **bob,
+            requested_model=haiku,
+            served_model=haiku,
+            input_tokens=10,
+            output_tokens=5,
+            cost_usd=0.01,
+        ),
+        row(
+            T0,
+            "bob@example.com",
+            **bob,
+            requested_model=haiku,
+            status_code=429,
+            outcome="rate_limited",
+            policy_rule="default",
+        ),
+        row(
+            T0,
+            None,
+            status_code=401,
+            outcome="unauthenticated",
+            client_ip="203.0.113.9",
+            error_message="Missing IAP assertion.",
+        ),
+        row(
+            days_ago(8),
+            "bob@example.com",
+            **bob,
+            requested_model=haiku,
+            served_model=haiku,
+            input_tokens=40,
+            output_tokens=20,
+            cost_usd=5.0,
+        ),
         row(datetime.combine(EVE_WEEKDAY, time(2), UTC), "eve@example.com", served_model=sonnet, input_tokens=1000),
         row(datetime.combine(EVE_WEEKDAY, time(10), UTC), "eve@example.com", served_model=sonnet, input_tokens=1000),
         row(datetime.combine(EVE_SATURDAY, time(12), UTC), "eve@example.com", served_model=sonnet, input_tokens=7),
-        row(T0, "mallory@example.com", served_model="claude-3-5-haiku", input_tokens=450_000, output_tokens=50_000,
-            cost_usd=2.0),
+        row(
+            T0,
+            "mallory@example.com",
+            served_model="claude-3-5-haiku",
+            input_tokens=450_000,
+            output_tokens=50_000,
+            cost_usd=2.0,
+        ),
     ]
-    rows += [row(days_ago(days), "mallory@example.com", served_model="claude-3-5-haiku", input_tokens=20_000,
-                 cost_usd=0.02) for days in range(8, 18)]
+    rows += [
+        row(days_ago(days), "mallory@example.com", served_model="claude-3-5-haiku", input_tokens=20_000, cost_usd=0.02)
+        for days in range(8, 18)
+    ]
     return rows
 
 
@@ -194,8 +258,11 @@ def test_daily_usage_by_session(loaded: Loaded) -> None:
 def test_refused_requests_daily(loaded: Loaded) -> None:
     today = by(loaded.view("refused_requests_daily", f"day = '{DAY0}'"), "user_email", "outcome")
 
-    assert set(today) == {("ada@example.com", "denied"), ("bob@example.com", "rate_limited"),
-                          ("(unauthenticated)", "unauthenticated")}
+    assert set(today) == {
+        ("ada@example.com", "denied"),
+        ("bob@example.com", "rate_limited"),
+        ("(unauthenticated)", "unauthenticated"),
+    }
     assert today["ada@example.com", "denied"]["policy_rules"] == "opus-for-staff"
     assert "not allowed" in today["ada@example.com", "denied"]["example_error"]
     unauthenticated = today["(unauthenticated)", "unauthenticated"]
@@ -286,8 +353,16 @@ def test_every_example_query_of_the_guide_is_checked() -> None:
     assert len(guide_queries()) == 8
 
 
-NUMBERS = ("requests", "refused", "failed", "input_tokens", "output_tokens", "cache_creation_input_tokens",
-           "cache_read_input_tokens", "cost_usd")
+NUMBERS = (
+    "requests",
+    "refused",
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cost_usd",
+)
 
 
 @pytest.mark.parametrize(

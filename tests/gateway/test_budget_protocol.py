@@ -28,8 +28,11 @@ PolicyStack = Callable[..., AbstractContextManager[Stack]]
 
 def costly(seen: Any) -> Reply:
     """About $0.30 at Sonnet 4.5 prices (100k input tokens), with the upstream's own rate-limit headers."""
-    headers = [*SSE_HEADERS, ("anthropic-ratelimit-requests-limit", "4000"),
-               ("anthropic-ratelimit-tokens-remaining", "123456")]
+    headers = [
+        *SSE_HEADERS,
+        ("anthropic-ratelimit-requests-limit", "4000"),
+        ("anthropic-ratelimit-tokens-remaining", "123456"),
+    ]
     return Reply(200, headers, stream_events(["Hel", "lo"], model=SONNET, input_tokens=100_000))
 
 
@@ -55,8 +58,9 @@ def test_budget_headers_warn_past_75_and_95_percent_then_billing_error_at_the_ca
             assert response.status_code == 200
             seen.append(unified(response))
             # The upstream's own limits are the organisation's, not this person's: never shown to them.
-            assert not any(name.startswith("anthropic-ratelimit-") and not name.startswith(UNIFIED)
-                           for name in response.headers)
+            assert not any(
+                name.startswith("anthropic-ratelimit-") and not name.startswith(UNIFIED) for name in response.headers
+            )
             stack.rows(count + 1)
 
         reset = str(next_midnight())
@@ -65,8 +69,7 @@ def test_budget_headers_warn_past_75_and_95_percent_then_billing_error_at_the_ca
         assert utilization[2] < 0.75 < utilization[3]
         assert [h["status"] for h in seen] == ["allowed"] * 3 + ["allowed_warning"]
         raw = spent(stack, 3) / 0.95  # about 0.9505: past 0.95 (the notice's second threshold) by a hair
-        assert [h.get("overage-surpassed-threshold") for h in seen] == [None] * 3 + [
-            "0.95" if raw > 0.95 else "0.75"]
+        assert [h.get("overage-surpassed-threshold") for h in seen] == [None] * 3 + ["0.95" if raw > 0.95 else "0.75"]
         assert all(h["representative-claim"] == "overage" and h["overage-status"] == h["status"] for h in seen)
         # The fullest cap is described: the daily one once anything is spent (at 0 % each, either).
         assert all(h["reset"] == h["overage-reset"] == reset for h in seen[1:])
@@ -78,8 +81,12 @@ def test_budget_headers_warn_past_75_and_95_percent_then_billing_error_at_the_ca
         assert error["message"].startswith(f"Daily budget of $0.95 used up for {ADA} (rule group:eng@example.com): $")
         assert "to raise it, ask your Claude Code administrator" in error["message"]
         assert unified(refused) == {
-            "status": "rejected", "reset": reset, "overage-reset": reset, "overage-utilization": "1",
-            "overage-surpassed-threshold": "1", "overage-period": "daily",
+            "status": "rejected",
+            "reset": reset,
+            "overage-reset": reset,
+            "overage-utilization": "1",
+            "overage-surpassed-threshold": "1",
+            "overage-period": "daily",
             "overage-disabled-reason": "org_spend_cap_reached",
         }  # no representative-claim nor overage-status: Claude Code then prints the message as it is
         assert refused.headers["x-should-retry"] == "false"
@@ -101,8 +108,11 @@ def test_usage_endpoint_gives_the_caps_in_cents_and_percent(policy_stack: Policy
         assert response.headers["cache-control"] == "no-store"
         body = response.json()
         assert body["extra_usage"] == {
-            "is_enabled": True, "monthly_limit": 95, "used_credits": math.floor(cost * 100),
-            "utilization": round(cost / 0.95 * 100), "currency": "USD",
+            "is_enabled": True,
+            "monthly_limit": 95,
+            "used_credits": math.floor(cost * 100),
+            "utilization": round(cost / 0.95 * 100),
+            "currency": "USD",
         }
         daily, monthly = body["limits"]
         assert (daily["kind"], daily["group"], daily["is_active"]) == ("spend", "daily", True)
@@ -134,9 +144,11 @@ def test_each_threshold_crossing_is_logged_once(policy_stack: PolicyStack, caplo
             assert send(stack).status_code == 200
             stack.rows(count)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not any(r.message == "budget_threshold_crossed" and
-                                                      r.json_fields["threshold"] == 1.0 for r in caplog.records
-                                                      if hasattr(r, "json_fields")):
+        while time.monotonic() < deadline and not any(
+            r.message == "budget_threshold_crossed" and r.json_fields["threshold"] == 1.0
+            for r in caplog.records
+            if hasattr(r, "json_fields")
+        ):
             time.sleep(0.05)
         total = spent(stack, 4)
 

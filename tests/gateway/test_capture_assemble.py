@@ -724,7 +724,7 @@ def test_capture_decodes_base64_text_documents() -> None:
     ("data", "media_type", "text"),
     [
         pytest.param(b"a mislabelled note", "application/pdf", "a mislabelled note", id="claims-pdf"),
-        pytest.param(b"{\"k\": 1}", "application/json", '{"k": 1}', id="json"),
+        pytest.param(b'{"k": 1}', "application/json", '{"k": 1}', id="json"),
         pytest.param("\ufeffwith a BOM".encode(), "text/csv", "with a BOM", id="utf8-bom"),
         pytest.param("utf-16 text".encode("utf-16"), "text/plain", "utf-16 text", id="utf16"),
         pytest.param(b"%PDF-1.7\n1 0 obj << >> endobj\n", "application/pdf", None, id="real-pdf"),

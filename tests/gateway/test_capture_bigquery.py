@@ -55,12 +55,21 @@ def new_content_table(emulator: Emulator) -> TableRef:
 
 
 def test_content_rows_land_in_bigquery_keyed_to_the_metadata_rows_and_export_reads_both(
-    emulator: Emulator, make_stack: StackFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    emulator: Emulator,
+    make_stack: StackFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     table, content = emulator.new_table(), new_content_table(emulator)
-    settings = sink_settings(table, emulator.url, tmp_path, content_sink=content.url,
-                             policy_file=write_policy(tmp_path), group_resolver="static")
+    settings = sink_settings(
+        table,
+        emulator.url,
+        tmp_path,
+        content_sink=content.url,
+        policy_file=write_policy(tmp_path),
+        group_resolver="static",
+    )
     with make_stack(**settings) as stack:
         stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, mixed_stream())
         captured = post(stack, FULL_USER, messages_body()).headers["x-gateway-request-id"]
@@ -76,8 +85,12 @@ def test_content_rows_land_in_bigquery_keyed_to_the_metadata_rows_and_export_rea
     assert metadata[captured]["capture_level"] == "full" and metadata[uncaptured]["capture_level"] == "none"
 
     # The export reads both tables from BigQuery, as an operator with the content grant would.
-    for name, value in (("GATEWAY_AUDIT_SINK", table.url), ("GATEWAY_CONTENT_SINK", content.url),
-                        ("GATEWAY_BIGQUERY_ENDPOINT", emulator.url), ("GATEWAY_BIGQUERY_ANONYMOUS", "1")):
+    for name, value in (
+        ("GATEWAY_AUDIT_SINK", table.url),
+        ("GATEWAY_CONTENT_SINK", content.url),
+        ("GATEWAY_BIGQUERY_ENDPOINT", emulator.url),
+        ("GATEWAY_BIGQUERY_ANONYMOUS", "1"),
+    ):
         monkeypatch.setenv(name, value)
     day = datetime.now(UTC).date().isoformat()
     assert main(["audit", "export", "--user", FULL_USER, "--from", day, "--to", day, "--content"]) == 0
@@ -94,12 +107,22 @@ def test_content_the_sink_does_not_take_is_logged_apart_from_metadata(
     """Content that cannot be written is kept like metadata (log and spill), under its own name, so that it can
     be routed away from everyone who reads the project's logs."""
     relay = Relay(("127.0.0.1", 9))  # never up: a dead port
-    settings = Settings(dev_mode=True, **sink_settings(
-        TableRef("p-roject", "d", "t"), relay.url, tmp_path, audit_retry_max_seconds=0.2,
-        content_sink="bigquery://p-roject/d_content/audit_content",
-    ))
-    row: dict[str, Any] = {"request_id": "req-c", "timestamp": rfc3339(datetime.now(UTC)),
-                           "capture_level": "full", "request": '{"messages": ["secret plans"]}'}
+    settings = Settings(
+        dev_mode=True,
+        **sink_settings(
+            TableRef("p-roject", "d", "t"),
+            relay.url,
+            tmp_path,
+            audit_retry_max_seconds=0.2,
+            content_sink="bigquery://p-roject/d_content/audit_content",
+        ),
+    )
+    row: dict[str, Any] = {
+        "request_id": "req-c",
+        "timestamp": rfc3339(datetime.now(UTC)),
+        "capture_level": "full",
+        "request": '{"messages": ["secret plans"]}',
+    }
 
     async def run() -> AuditWriter:
         writer = content_writer(settings)

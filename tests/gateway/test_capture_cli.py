@@ -48,21 +48,35 @@ def test_export_gives_a_persons_rows_and_content_as_json_lines(
 ) -> None:
     with make_stack(policy_file=write_policy(tmp_path), group_resolver="static", audit_flush_ms=20) as stack:
         stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, mixed_stream())
-        ids = [post(stack, email, messages_body()).headers["x-gateway-request-id"]
-               for email in (FULL_USER, META_USER, FULL_USER, NONE_USER)]
+        ids = [
+            post(stack, email, messages_body()).headers["x-gateway-request-id"]
+            for email in (FULL_USER, META_USER, FULL_USER, NONE_USER)
+        ]
         content_rows(stack, 3)
         stack.rows(4)
     sink = f"sqlite:///{stack.audit_db}"
     day = TODAY.isoformat()
 
-    code, lines, note = export(capsys, "--user", FULL_USER.upper(), "--from", day, "--to", day, "--sink", sink,
-                               "--content")
+    code, lines, note = export(
+        capsys, "--user", FULL_USER.upper(), "--from", day, "--to", day, "--sink", sink, "--content"
+    )
     out = tmp_path / "ada.jsonl"
-    plain_code = main(["audit", "export", "--user", FULL_USER, "--from", day, "--to", day, "--sink", sink,
-                       "--out", str(out)])
+    plain_code = main(
+        ["audit", "export", "--user", FULL_USER, "--from", day, "--to", day, "--sink", sink, "--out", str(out)]
+    )
     plain = [json.loads(line) for line in out.read_text().splitlines()]
-    _, yesterday, _ = export(capsys, "--user", FULL_USER, "--from", "2020-01-01",
-                             "--to", (TODAY - timedelta(days=1)).isoformat(), "--sink", sink, "--content")
+    _, yesterday, _ = export(
+        capsys,
+        "--user",
+        FULL_USER,
+        "--from",
+        "2020-01-01",
+        "--to",
+        (TODAY - timedelta(days=1)).isoformat(),
+        "--sink",
+        sink,
+        "--content",
+    )
     _, unseen, _ = export(capsys, "--user", NONE_USER, "--from", day, "--to", day, "--sink", sink, "--content")
 
     assert code == 0 and plain_code == 0
@@ -85,8 +99,10 @@ def test_export_refuses_bad_dates_and_addresses(tmp_path: Path, capsys: pytest.C
     assert main(["audit", "export", "--user", "ada", "--from", "2026-01-01", "--to", "2026-01-02"]) == 2
     assert main(["audit", "export", "--user", FULL_USER, "--from", "2026-13-01", "--to", "2026-01-02"]) == 2
     assert main(["audit", "export", "--user", FULL_USER, "--from", "2026-01-02", "--to", "2026-01-01"]) == 2
-    assert main(["audit", "export", "--user", FULL_USER, "--from", "2026-01-01", "--to", "2026-01-01",
-                 "--sink", sink]) == 2
+    assert (
+        main(["audit", "export", "--user", FULL_USER, "--from", "2026-01-01", "--to", "2026-01-01", "--sink", sink])
+        == 2
+    )
     errors = capsys.readouterr().err
     assert "'ada' is not an email address" in errors
     assert "--from and --to take dates as YYYY-MM-DD" in errors
@@ -96,8 +112,9 @@ def test_export_refuses_bad_dates_and_addresses(tmp_path: Path, capsys: pytest.C
 
 def old_audit_file(path: Path) -> None:
     """An audit file as the gateway wrote it before capture existed: no capture columns, no content table."""
-    old = [column for column in AUDIT_COLUMNS if column.name not in ("capture_level", "capture_error",
-                                                                      "redaction_count")]
+    old = [
+        column for column in AUDIT_COLUMNS if column.name not in ("capture_level", "capture_error", "redaction_count")
+    ]
     types = {"STRING": "TEXT", "TIMESTAMP": "TEXT", "INT64": "INTEGER", "FLOAT64": "REAL", "BOOL": "INTEGER"}
     columns = ", ".join(f"{c.name} {'TEXT' if c.mode == 'REPEATED' else types[c.type]}" for c in old)
     with sqlite3.connect(path) as connection:
@@ -131,8 +148,18 @@ def test_an_old_audit_file_exports_without_content(tmp_path: Path, capsys: pytes
     db = tmp_path / "old.db"
     old_audit_file(db)
 
-    code, lines, _ = export(capsys, "--user", FULL_USER, "--from", "2026-01-05", "--to", "2026-01-05",
-                            "--sink", f"sqlite:///{db}", "--content")
+    code, lines, _ = export(
+        capsys,
+        "--user",
+        FULL_USER,
+        "--from",
+        "2026-01-05",
+        "--to",
+        "2026-01-05",
+        "--sink",
+        f"sqlite:///{db}",
+        "--content",
+    )
 
     assert code == 0 and [line["request_id"] for line in lines] == ["old-1"] and lines[0]["content"] is None
 
@@ -141,14 +168,25 @@ def test_replay_content_sends_fallback_entries_to_the_content_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "audit.db"
-    row = {"request_id": "req-c1", "timestamp": "2026-01-05T10:00:00.000000Z", "user_email": FULL_USER,
-           "capture_level": "full", "request": '{"messages": []}', "tools_offered": ["Bash"],
-           "message_count": 1.0, "redaction_count": 0.0}
+    row = {
+        "request_id": "req-c1",
+        "timestamp": "2026-01-05T10:00:00.000000Z",
+        "user_email": FULL_USER,
+        "capture_level": "full",
+        "request": '{"messages": []}',
+        "tools_offered": ["Bash"],
+        "message_count": 1.0,
+        "redaction_count": 0.0,
+    }
     log = tmp_path / "fallback.json"  # as `gcloud logging read --format=json` prints it
-    log.write_bytes(orjson.dumps([
-        {"jsonPayload": {"message": "audit_content_fallback", "audit_content_fallback": row, "reason": "x"}},
-        {"jsonPayload": {"message": "audit_fallback", "audit_fallback": {"request_id": "meta-only"}}},
-    ]))
+    log.write_bytes(
+        orjson.dumps(
+            [
+                {"jsonPayload": {"message": "audit_content_fallback", "audit_content_fallback": row, "reason": "x"}},
+                {"jsonPayload": {"message": "audit_fallback", "audit_fallback": {"request_id": "meta-only"}}},
+            ]
+        )
+    )
 
     code = main(["audit", "replay", str(log), "--content", "--sink", f"sqlite:///{db}"])
 
@@ -187,15 +225,20 @@ def test_the_most_capture_wins_and_policy_explain_says_why(tmp_path: Path, capsy
 
     out = capsys.readouterr().out
     assert "capture: full" in out
-    assert ("group:compliance@example.com, the most capture of full from group:compliance@example.com, "
-            "none from group:eng@example.com") in out
+    assert (
+        "group:compliance@example.com, the most capture of full from group:compliance@example.com, "
+        "none from group:eng@example.com"
+    ) in out
 
 
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        ("off", "capture in the rule for group eng@example.com must be one of none, metadata+, full, not off "
-                "(YAML reads 'off' as False; write none)"),
+        (
+            "off",
+            "capture in the rule for group eng@example.com must be one of none, metadata+, full, not off "
+            "(YAML reads 'off' as False; write none)",
+        ),
         ("everything", "must be one of none, metadata+, full, not 'everything'"),
         ("", "must be one of none, metadata+, full, not nothing"),
         ("[full]", "must be one of none, metadata+, full, not a list"),
@@ -251,8 +294,9 @@ def test_capture_settings_are_bounded(monkeypatch: pytest.MonkeyPatch, capsys: p
 def test_operator_patterns_from_a_file_redact_captures(make_stack: StackFactory, tmp_path: Path) -> None:
     patterns = tmp_path / "patterns.yaml"
     patterns.write_text("- name: employee_id\n  pattern: 'EMP-[0-9]{6}'\n")
-    with make_stack(policy_file=write_policy(tmp_path), group_resolver="static", audit_flush_ms=20,
-                    redaction_patterns=str(patterns)) as stack:
+    with make_stack(
+        policy_file=write_policy(tmp_path), group_resolver="static", audit_flush_ms=20, redaction_patterns=str(patterns)
+    ) as stack:
         stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, stream_events(["Hi EMP-", "123456"]))
         response = post(stack, FULL_USER, messages_body("Look up EMP-004211 please"))
         (content,) = content_rows(stack)

@@ -36,8 +36,12 @@ def run_claude(claude: Path, home: Path, base_url: str, *args: str, **env: str) 
     work.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
         [str(claude), "-p", *args, "--output-format", "json"],
-        cwd=work, env=claude_code.environment(home, base_url, **env), stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=120,
+        cwd=work,
+        env=claude_code.environment(home, base_url, **env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, f"claude exited {done.returncode}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
     result: dict[str, Any] = json.loads(done.stdout)
@@ -56,9 +60,23 @@ def dev_gateway(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`claude-gateway dev` (local IAP stand-in, mock upstream) as a real process, signing in as ada."""
     port, db = free_port(), tmp_path / "audit.db"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port), "--mock", "--no-demo",
-         "--audit-db", str(db), "--user", "ada@example.com"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "dev",
+            "--port",
+            str(port),
+            "--mock",
+            "--no-demo",
+            "--audit-db",
+            str(db),
+            "--user",
+            "ada@example.com",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -101,21 +119,40 @@ def usage_reply(usage: dict[str, Any]) -> Any:
 
     def reply(seen: Seen) -> Reply:
         if not seen.path.startswith("/v1/messages") or seen.path.endswith("count_tokens"):
-            return Reply(404, [("content-type", "application/json")],
-                         [b'{"type":"error","error":{"type":"not_found_error","message":"no"}}'])
+            return Reply(
+                404,
+                [("content-type", "application/json")],
+                [b'{"type":"error","error":{"type":"not_found_error","message":"no"}}'],
+            )
         model = orjson.loads(seen.body)["model"]
         start_usage = {key: value for key, value in usage.items() if key != "output_tokens"} | {"output_tokens": 1}
         events = [
-            event("message_start", {"type": "message_start", "message": {
-                "id": "msg_cost_01", "type": "message", "role": "assistant", "model": model, "content": [],
-                "stop_reason": None, "stop_sequence": None, "usage": start_usage}}),
-            event("content_block_start", {"type": "content_block_start", "index": 0,
-                                          "content_block": {"type": "text", "text": ""}}),
-            event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                          "delta": {"type": "text_delta", "text": "Priced."}}),
+            event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_cost_01",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": start_usage,
+                    },
+                },
+            ),
+            event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
+            event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Priced."}},
+            ),
             event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                    "usage": usage}),
+            event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
             event("message_stop", {"type": "message_stop"}),
         ]
         return Reply(200, SSE_HEADERS, events)
@@ -124,31 +161,74 @@ def usage_reply(usage: dict[str, Any]) -> Any:
 
 
 def cache(five_minute: int, one_hour: int) -> dict[str, Any]:
-    return {"cache_creation_input_tokens": five_minute + one_hour,
-            "cache_creation": {"ephemeral_5m_input_tokens": five_minute, "ephemeral_1h_input_tokens": one_hour}}
+    return {
+        "cache_creation_input_tokens": five_minute + one_hour,
+        "cache_creation": {"ephemeral_5m_input_tokens": five_minute, "ephemeral_1h_input_tokens": one_hour},
+    }
 
 
 @pytest.mark.parametrize(
     ("model", "usage"),
     [
-        pytest.param("claude-opus-5-5", {"input_tokens": 1200, **cache(1000, 2000), "cache_read_input_tokens": 50_000,
-                                         "output_tokens": 321}, id="opus-5-5-cache-writes-by-ttl"),
-        pytest.param("claude-sonnet-5-5", {"input_tokens": 900, "cache_read_input_tokens": 0, **cache(0, 0),
-                                           "output_tokens": 77, "inference_geo": "us",
-                                           "server_tool_use": {"web_search_requests": 3}},
-                     id="sonnet-5-5-us-inference-and-web-search"),
-        pytest.param("claude-haiku-5-5", {"input_tokens": 60_000, "cache_read_input_tokens": 40_000, **cache(1, 0),
-                                          "output_tokens": 500}, id="haiku-5-5-long-prompt-tier"),
-        pytest.param("claude-haiku-5-5", {"input_tokens": 60_000, "cache_read_input_tokens": 40_000, **cache(0, 0),
-                                          "output_tokens": 500}, id="haiku-5-5-at-the-tier-boundary"),
-        pytest.param("claude-fable-5-2", {"input_tokens": 3000, "cache_read_input_tokens": 10_000, **cache(500, 0),
-                                          "output_tokens": 1000}, id="fable-5-2"),
-        pytest.param("claude-opus-4-6", {"input_tokens": 3000, "cache_read_input_tokens": 0, **cache(0, 4000),
-                                         "output_tokens": 800}, id="opus-4-6-from-the-gap-table"),
-        pytest.param("claude-opus-5-5", {"input_tokens": 3000, "cache_read_input_tokens": 1000, **cache(200, 0),
-                                         "output_tokens": 800, "speed": "fast"}, id="opus-5-5-fast-mode"),
-        pytest.param("claude-opus-4-6", {"input_tokens": 3000, "cache_read_input_tokens": 1000, **cache(0, 0),
-                                         "output_tokens": 800, "speed": "fast"}, id="opus-4-6-fast-mode-gap-table"),
+        pytest.param(
+            "claude-opus-5-5",
+            {"input_tokens": 1200, **cache(1000, 2000), "cache_read_input_tokens": 50_000, "output_tokens": 321},
+            id="opus-5-5-cache-writes-by-ttl",
+        ),
+        pytest.param(
+            "claude-sonnet-5-5",
+            {
+                "input_tokens": 900,
+                "cache_read_input_tokens": 0,
+                **cache(0, 0),
+                "output_tokens": 77,
+                "inference_geo": "us",
+                "server_tool_use": {"web_search_requests": 3},
+            },
+            id="sonnet-5-5-us-inference-and-web-search",
+        ),
+        pytest.param(
+            "claude-haiku-5-5",
+            {"input_tokens": 60_000, "cache_read_input_tokens": 40_000, **cache(1, 0), "output_tokens": 500},
+            id="haiku-5-5-long-prompt-tier",
+        ),
+        pytest.param(
+            "claude-haiku-5-5",
+            {"input_tokens": 60_000, "cache_read_input_tokens": 40_000, **cache(0, 0), "output_tokens": 500},
+            id="haiku-5-5-at-the-tier-boundary",
+        ),
+        pytest.param(
+            "claude-fable-5-2",
+            {"input_tokens": 3000, "cache_read_input_tokens": 10_000, **cache(500, 0), "output_tokens": 1000},
+            id="fable-5-2",
+        ),
+        pytest.param(
+            "claude-opus-4-6",
+            {"input_tokens": 3000, "cache_read_input_tokens": 0, **cache(0, 4000), "output_tokens": 800},
+            id="opus-4-6-from-the-gap-table",
+        ),
+        pytest.param(
+            "claude-opus-5-5",
+            {
+                "input_tokens": 3000,
+                "cache_read_input_tokens": 1000,
+                **cache(200, 0),
+                "output_tokens": 800,
+                "speed": "fast",
+            },
+            id="opus-5-5-fast-mode",
+        ),
+        pytest.param(
+            "claude-opus-4-6",
+            {
+                "input_tokens": 3000,
+                "cache_read_input_tokens": 1000,
+                **cache(0, 0),
+                "output_tokens": 800,
+                "speed": "fast",
+            },
+            id="opus-4-6-fast-mode-gap-table",
+        ),
     ],
 )
 def test_gateway_and_claude_code_agree_on_what_a_request_cost(
@@ -157,8 +237,14 @@ def test_gateway_and_claude_code_agree_on_what_a_request_cost(
     with make_stack() as stack:
         stack.upstream.reply = usage_reply(usage)
         result = run_claude(
-            claude, tmp_path / "home", stack.url, "price this", "--model", model,
-            ANTHROPIC_AUTH_TOKEN="unused", ANTHROPIC_CUSTOM_HEADERS=assertion_header(stack),
+            claude,
+            tmp_path / "home",
+            stack.url,
+            "price this",
+            "--model",
+            model,
+            ANTHROPIC_AUTH_TOKEN="unused",
+            ANTHROPIC_CUSTOM_HEADERS=assertion_header(stack),
         )
         rows = [r for r in stack.rows(1) if r["path"] == "/v1/messages"]
 

@@ -36,8 +36,9 @@ def prices() -> PriceTable:
 
 
 def rates(tier: dict[str, Any]) -> Rates:
-    return Rates(*(Decimal(str(tier[key])) for key in ("input", "output", "cache_write_5m", "cache_write_1h",
-                                                       "cache_read")))
+    return Rates(
+        *(Decimal(str(tier[key])) for key in ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read"))
+    )
 
 
 def test_the_catalog_lists_todays_models(catalog: dict[str, Any]) -> None:
@@ -64,8 +65,9 @@ def test_every_catalog_model_is_priced_as_claude_code_prices_it(catalog: dict[st
                 assert price.long_prompt == rates(long_prompt), name
                 assert price.long_prompt_above == long_prompt["above_prompt_tokens"], name
             checked += 1
-    expected = sum(len({m["id"], m["provider_ids"]["first_party"]}) for m in catalog["models"]
-                   if m["id"] not in KNOWN_DIFFERENCES)
+    expected = sum(
+        len({m["id"], m["provider_ids"]["first_party"]}) for m in catalog["models"] if m["id"] not in KNOWN_DIFFERENCES
+    )
     assert checked == expected >= 30
 
 

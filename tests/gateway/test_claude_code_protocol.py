@@ -33,9 +33,14 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [str(claude), "-p", prompt, *args, "--output-format", "json"],
-        cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
-        env=claude_code.environment(home, stack.url, ANTHROPIC_AUTH_TOKEN="unused",
-                                    ANTHROPIC_CUSTOM_HEADERS=assertion_header(stack), **env),
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=claude_code.environment(
+            home, stack.url, ANTHROPIC_AUTH_TOKEN="unused", ANTHROPIC_CUSTOM_HEADERS=assertion_header(stack), **env
+        ),
     )
 
 
@@ -60,11 +65,15 @@ def test_claude_code_telemetry_lands_in_the_telemetry_table_with_the_verified_em
     claude: Path, make_stack: StackFactory, tmp_path: Path, protocol: str
 ) -> None:
     with make_stack() as stack:
-        stack.upstream.reply = usage_reply({"input_tokens": 1200, "cache_read_input_tokens": 0,
-                                            "cache_creation_input_tokens": 0, "output_tokens": 20})
+        stack.upstream.reply = usage_reply(
+            {"input_tokens": 1200, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, "output_tokens": 20}
+        )
         assertion = stack.assertion(ADA)
         done = run(
-            claude, tmp_path / "home", stack, "say hello",
+            claude,
+            tmp_path / "home",
+            stack,
+            "say hello",
             CLAUDE_CODE_ENABLE_TELEMETRY="1",
             OTEL_METRICS_EXPORTER="otlp",
             OTEL_LOGS_EXPORTER="otlp",
@@ -108,16 +117,19 @@ def test_spent_budget_shows_the_gateways_billing_message_in_claude_code(
     claude: Path, make_stack: StackFactory, tmp_path: Path
 ) -> None:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(textwrap.dedent("""\
+    policy.write_text(
+        textwrap.dedent("""\
         version: 1
         budget_help: "ask in #claude-admins"
         default:
           daily_budget_usd: 0.0001
         members: {}
-        """))
+        """)
+    )
     with make_stack(policy_file=str(policy), group_resolver="static") as stack:
-        stack.upstream.reply = usage_reply({"input_tokens": 1200, "cache_read_input_tokens": 0,
-                                            "cache_creation_input_tokens": 0, "output_tokens": 20})
+        stack.upstream.reply = usage_reply(
+            {"input_tokens": 1200, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0, "output_tokens": 20}
+        )
         first = run(claude, tmp_path / "home", stack, "say hello")
         stack.rows(1)
         served = len(stack.upstream.requests)
@@ -135,11 +147,23 @@ def test_spent_budget_shows_the_gateways_billing_message_in_claude_code(
 def bash_then_done(seen: Seen) -> Reply:
     """The model asks to run `echo gateway-telemetry` with Bash, then, given the tool's result, says it is done."""
     body = orjson.loads(seen.body)
-    ran = any(isinstance(m.get("content"), list) and any(c.get("type") == "tool_result" for c in m["content"])
-              for m in body["messages"])
-    start = {"type": "message_start", "message": {"id": "msg_tool", "type": "message", "role": "assistant",
-             "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None,
-             "usage": {"input_tokens": 100, "output_tokens": 1}}}
+    ran = any(
+        isinstance(m.get("content"), list) and any(c.get("type") == "tool_result" for c in m["content"])
+        for m in body["messages"]
+    )
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_tool",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 100, "output_tokens": 1},
+        },
+    }
     if ran:
         block = {"type": "text", "text": ""}
         delta = {"type": "text_delta", "text": "Done."}
@@ -154,8 +178,9 @@ def bash_then_done(seen: Seen) -> Reply:
         event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}),
         event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
         event("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop},
-                                "usage": {"output_tokens": 20}}),
+        event(
+            "message_delta", {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": 20}}
+        ),
         event("message_stop", {"type": "message_stop"}),
     ]
     return Reply(200, SSE_HEADERS, events)
@@ -167,9 +192,17 @@ def test_claude_code_tool_decision_and_command_land_per_verified_person(
     with make_stack() as stack:
         stack.upstream.reply = bash_then_done
         done = run(
-            claude, tmp_path / "home", stack, "run echo", "--allowedTools", "Bash(echo:*)",
-            CLAUDE_CODE_ENABLE_TELEMETRY="1", OTEL_LOGS_EXPORTER="otlp", OTEL_LOG_TOOL_DETAILS="1",
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_EXPORTER_OTLP_ENDPOINT=stack.url,
+            claude,
+            tmp_path / "home",
+            stack,
+            "run echo",
+            "--allowedTools",
+            "Bash(echo:*)",
+            CLAUDE_CODE_ENABLE_TELEMETRY="1",
+            OTEL_LOGS_EXPORTER="otlp",
+            OTEL_LOG_TOOL_DETAILS="1",
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_EXPORTER_OTLP_ENDPOINT=stack.url,
             OTEL_EXPORTER_OTLP_HEADERS=f"x-goog-iap-jwt-assertion={stack.assertion(ADA)}",
             OTEL_LOGS_EXPORT_INTERVAL="200",
         )

@@ -38,9 +38,22 @@ def dev_gateway(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, s
     audit_db = tmp_path / "audit.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_"))}
     process = subprocess.Popen(
-        [*CLI, "dev", "--port", str(free_port()), "--audit-db", str(audit_db), "--mock-delay", "0",
-         "--user", "newcomer@example.com"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            *CLI,
+            "dev",
+            "--port",
+            str(free_port()),
+            "--audit-db",
+            str(audit_db),
+            "--mock-delay",
+            "0",
+            "--user",
+            "newcomer@example.com",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         yield process, audit_db, read_until(process, "The gateway keeps running")

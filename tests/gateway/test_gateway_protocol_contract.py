@@ -31,13 +31,17 @@ def protocol() -> str:
 
 
 def _example_429_headers(protocol: str) -> dict[str, str]:
-    block = protocol.split("When the cap is reached, reject", 1)[1].split("{\"type\":\"error\"", 1)[0]
+    block = protocol.split("When the cap is reached, reject", 1)[1].split('{"type":"error"', 1)[0]
     return dict(re.findall(r"^    ([a-z-]+): (\S+)$", block, re.MULTILINE))
 
 
 def test_success_headers_are_the_protocols(protocol: str) -> None:
-    documented = set(re.findall(r"`(anthropic-ratelimit-unified-[a-z-]+)`", protocol.split("## Usage-limit", 1)[1]
-                                .split("When the cap is reached", 1)[0]))
+    documented = set(
+        re.findall(
+            r"`(anthropic-ratelimit-unified-[a-z-]+)`",
+            protocol.split("## Usage-limit", 1)[1].split("When the cap is reached", 1)[0],
+        )
+    )
     cap = Cap("daily", 1_000_000, 960_000, datetime(2026, 12, 2, tzinfo=UTC))
     sent = {name.decode() for name, _ in allowed_headers(cap)}
 
@@ -51,19 +55,27 @@ def test_refusal_at_the_cap_has_exactly_the_protocols_headers(protocol: str) -> 
     refusal = billing_refusal(cap, "ada@example.com", cap.resets_at.timestamp() - 37800)
 
     assert set(refusal["headers"]) == set(example)
-    fixed = {"x-should-retry", "anthropic-ratelimit-unified-status", "anthropic-ratelimit-unified-overage-utilization",
-             "anthropic-ratelimit-unified-overage-surpassed-threshold", "anthropic-ratelimit-unified-overage-period",
-             "anthropic-ratelimit-unified-overage-disabled-reason", "retry-after"}
+    fixed = {
+        "x-should-retry",
+        "anthropic-ratelimit-unified-status",
+        "anthropic-ratelimit-unified-overage-utilization",
+        "anthropic-ratelimit-unified-overage-surpassed-threshold",
+        "anthropic-ratelimit-unified-overage-period",
+        "anthropic-ratelimit-unified-overage-disabled-reason",
+        "retry-after",
+    }
     assert {name: refusal["headers"][name] for name in fixed} == {name: example[name] for name in fixed}
     assert refusal["error_type"] == "billing_error" and "| 429 | `billing_error` |" in protocol
     assert "Leave `representative-claim` and `overage-status` off the 429" in protocol
 
 
 def test_checksum_rule_is_the_protocols(protocol: str) -> None:
-    assert "`sha256:` plus the hex SHA-256 of the `settings` JSON with\nkeys sorted at every level and no whitespace" \
+    assert (
+        "`sha256:` plus the hex SHA-256 of the `settings` JSON with\nkeys sorted at every level and no whitespace"
         in protocol
+    )
     assert checksum({}) == "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"  # sha256("{}")
-    assert "Return `404` for \"no managed policy\"" in protocol
+    assert 'Return `404` for "no managed policy"' in protocol
 
 
 def test_denied_model_and_telemetry_answers_are_the_protocols(protocol: str) -> None:

@@ -12,11 +12,31 @@ def names(headers: list[tuple[bytes, bytes]]) -> list[str]:
 @pytest.mark.parametrize(
     "name",
     [
-        b"authorization", b"Authorization", b"proxy-authorization", b"x-api-key", b"X-Api-Key", b"x_api_key",
-        b"x-goog-iap-jwt-assertion", b"X-Goog-Authenticated-User-Email", b"x_goog_authenticated_user_email",
-        b"X_GOOG_IAP_JWT_ASSERTION", b"x-serverless-authorization", b"X_Serverless_Authorization",
-        b"x-forwarded-for", b"x_forwarded_proto", b"forwarded", b"x-real-ip", b"connection", b"keep-alive",
-        b"transfer-encoding", b"te", b"upgrade", b"host", b"content-length", b"cookie", b"x-cloud-trace-context",
+        b"authorization",
+        b"Authorization",
+        b"proxy-authorization",
+        b"x-api-key",
+        b"X-Api-Key",
+        b"x_api_key",
+        b"x-goog-iap-jwt-assertion",
+        b"X-Goog-Authenticated-User-Email",
+        b"x_goog_authenticated_user_email",
+        b"X_GOOG_IAP_JWT_ASSERTION",
+        b"x-serverless-authorization",
+        b"X_Serverless_Authorization",
+        b"x-forwarded-for",
+        b"x_forwarded_proto",
+        b"forwarded",
+        b"x-real-ip",
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"cookie",
+        b"x-cloud-trace-context",
     ],
 )
 def test_identity_credential_and_hop_headers_are_stripped_in_any_spelling(name: bytes) -> None:
@@ -26,8 +46,9 @@ def test_identity_credential_and_hop_headers_are_stripped_in_any_spelling(name: 
 
 
 def test_headers_named_in_connection_are_stripped() -> None:
-    kept = upstream_request_headers([(b"connection", b"close, X-Custom-Hop"), (b"x-custom-hop", b"1"),
-                                     (b"x-stainless-os", b"Linux")])
+    kept = upstream_request_headers(
+        [(b"connection", b"close, X-Custom-Hop"), (b"x-custom-hop", b"1"), (b"x-stainless-os", b"Linux")]
+    )
 
     assert names(kept) == ["x-stainless-os", "accept-encoding"]
 
@@ -64,5 +85,8 @@ def test_response_keeps_request_id_and_rate_limits_but_not_cookies_or_hop_header
     ]
 
     assert names(client_response_headers(headers)) == [
-        "request-id", "anthropic-ratelimit-tokens-remaining", "retry-after", "content-type"
+        "request-id",
+        "anthropic-ratelimit-tokens-remaining",
+        "retry-after",
+        "content-type",
     ]

@@ -32,8 +32,15 @@ def unsigned(header: dict[str, object], claims: dict[str, object], signature: by
 
 def good_claims(**changes: object) -> dict[str, object]:
     now = int(time.time())
-    claims: dict[str, object] = {"iss": "https://cloud.google.com/iap", "aud": AUDIENCE, "iat": now, "exp": now + 600,
-                                 "sub": "accounts.google.com:1234", "email": "ada@example.com", "hd": "example.com"}
+    claims: dict[str, object] = {
+        "iss": "https://cloud.google.com/iap",
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 600,
+        "sub": "accounts.google.com:1234",
+        "email": "ada@example.com",
+        "hd": "example.com",
+    }
     claims.update(changes)
     return claims
 
@@ -75,8 +82,9 @@ FORGERIES: dict[str, Callable[[AssertionSigner], str | None]] = {
     "infinite-exp": lambda s: s.sign("ada@example.com", audience=AUDIENCE, exp=float("inf")),
     "boolean-iat": lambda s: s.sign("ada@example.com", audience=AUDIENCE, iat=True),
     "string-iat": lambda s: s.sign("ada@example.com", audience=AUDIENCE, iat=str(int(time.time()))),
-    "not-valid-before-an-hour-from-now": lambda s: s.sign("ada@example.com", audience=AUDIENCE,
-                                                          nbf=int(time.time()) + 3600),
+    "not-valid-before-an-hour-from-now": lambda s: s.sign(
+        "ada@example.com", audience=AUDIENCE, nbf=int(time.time()) + 3600
+    ),
     "string-nbf": lambda s: s.sign("ada@example.com", audience=AUDIENCE, nbf=str(int(time.time()))),
 }
 
@@ -108,8 +116,11 @@ def test_assertion_valid_from_a_moment_ago_is_accepted(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
     token = stack.signer.sign("ada@example.com", audience=AUDIENCE, hd="example.com", nbf=int(time.time()) - 5)
 
-    response = httpx.post(stack.url + "/v1/messages", content=BODY,
-                          headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token})
+    response = httpx.post(
+        stack.url + "/v1/messages",
+        content=BODY,
+        headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token},
+    )
 
     assert response.status_code == 200
 
@@ -121,19 +132,26 @@ def test_case_folding_touches_ascii_letters_only() -> None:
 
 
 def test_unsigned_identity_headers_alone_are_not_trusted(stack: Stack) -> None:
-    response = httpx.post(stack.url + "/v1/messages", content=BODY, headers={
-        "content-type": "application/json",
-        "x-goog-authenticated-user-email": "accounts.google.com:ada@example.com",
-        "x-goog-authenticated-user-id": "accounts.google.com:1234",
-    })
+    response = httpx.post(
+        stack.url + "/v1/messages",
+        content=BODY,
+        headers={
+            "content-type": "application/json",
+            "x-goog-authenticated-user-email": "accounts.google.com:ada@example.com",
+            "x-goog-authenticated-user-id": "accounts.google.com:1234",
+        },
+    )
 
     assert response.status_code == 401
     assert stack.upstream.requests == []
 
 
 def test_assertion_in_underscore_spelling_is_refused(stack: Stack) -> None:
-    response = httpx.post(stack.url + "/v1/messages", content=BODY, headers={
-        "content-type": "application/json", "x_goog_iap_jwt_assertion": stack.assertion()})
+    response = httpx.post(
+        stack.url + "/v1/messages",
+        content=BODY,
+        headers={"content-type": "application/json", "x_goog_iap_jwt_assertion": stack.assertion()},
+    )
 
     assert response.status_code == 401
     assert stack.upstream.requests == []
@@ -142,8 +160,11 @@ def test_assertion_in_underscore_spelling_is_refused(stack: Stack) -> None:
 def test_valid_assertion_is_relayed_and_names_the_user(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
 
-    response = httpx.post(stack.url + "/v1/messages", content=BODY,
-                          headers={"content-type": "application/json", **stack.headers("Ada@Example.com")})
+    response = httpx.post(
+        stack.url + "/v1/messages",
+        content=BODY,
+        headers={"content-type": "application/json", **stack.headers("Ada@Example.com")},
+    )
 
     assert response.status_code == 200
     row = stack.rows(1)[0]
@@ -154,23 +175,32 @@ def test_keys_are_fetched_once_not_per_request(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
 
     for i in range(5):
-        httpx.post(stack.url + "/v1/messages", content=BODY,
-                   headers={"content-type": "application/json", **stack.headers(f"user{i}@example.com")})
+        httpx.post(
+            stack.url + "/v1/messages",
+            content=BODY,
+            headers={"content-type": "application/json", **stack.headers(f"user{i}@example.com")},
+        )
 
     assert stack.upstream.key_fetches == 1
 
 
 def test_rotated_key_is_fetched_when_an_unknown_kid_appears(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
-    first = httpx.post(stack.url + "/v1/messages", content=BODY,
-                       headers={"content-type": "application/json", **stack.headers()})
+    first = httpx.post(
+        stack.url + "/v1/messages", content=BODY, headers={"content-type": "application/json", **stack.headers()}
+    )
     assert first.status_code == 200
     rotated = AssertionSigner(kid="test-key-2")
     stack.upstream.keys = {**stack.signer.public_key_map(), **rotated.public_key_map()}
 
-    response = httpx.post(stack.url + "/v1/messages", content=BODY, headers={
-        "content-type": "application/json",
-        "x-goog-iap-jwt-assertion": rotated.sign("ada@example.com", audience=AUDIENCE, hd="example.com")})
+    response = httpx.post(
+        stack.url + "/v1/messages",
+        content=BODY,
+        headers={
+            "content-type": "application/json",
+            "x-goog-iap-jwt-assertion": rotated.sign("ada@example.com", audience=AUDIENCE, hd="example.com"),
+        },
+    )
 
     assert response.status_code == 200
     assert stack.upstream.key_fetches == 2
@@ -184,8 +214,10 @@ def test_accounts_outside_allowed_domains_are_denied_by_hosted_domain(make_stack
         consumer = stack.signer.sign("bob@example.com", audience=AUDIENCE)
         outsider = stack.signer.sign("eve@other.org", audience=AUDIENCE, hd="other.org")
 
-        refused = [httpx.post(stack.url + "/v1/messages", content=BODY,
-                              headers={**headers, "x-goog-iap-jwt-assertion": t}) for t in (consumer, outsider)]
+        refused = [
+            httpx.post(stack.url + "/v1/messages", content=BODY, headers={**headers, "x-goog-iap-jwt-assertion": t})
+            for t in (consumer, outsider)
+        ]
         allowed = httpx.post(stack.url + "/v1/messages", content=BODY, headers={**headers, **stack.headers()})
 
         assert [r.status_code for r in refused] == [403, 403]
@@ -203,16 +235,20 @@ def test_any_of_several_configured_audiences_is_accepted(make_stack: StackFactor
         stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
         token = stack.signer.sign("ada@example.com", audience=other, hd="example.com")
 
-        response = httpx.post(stack.url + "/v1/messages", content=BODY,
-                              headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token})
+        response = httpx.post(
+            stack.url + "/v1/messages",
+            content=BODY,
+            headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token},
+        )
 
         assert response.status_code == 200
 
 
 def test_unreachable_key_endpoint_fails_closed_with_503(make_stack: StackFactory) -> None:
     with make_stack(iap_certs_url="http://127.0.0.1:9/keys") as stack:
-        response = httpx.post(stack.url + "/v1/messages", content=BODY,
-                              headers={"content-type": "application/json", **stack.headers()})
+        response = httpx.post(
+            stack.url + "/v1/messages", content=BODY, headers={"content-type": "application/json", **stack.headers()}
+        )
 
         assert response.status_code == 503
         assert stack.upstream.requests == []
@@ -222,8 +258,11 @@ def test_unreachable_key_endpoint_fails_closed_with_503(make_stack: StackFactory
 def test_made_up_key_ids_do_not_turn_into_a_flood_of_key_fetches(stack: Stack) -> None:
     for i in range(10):
         token = AssertionSigner(kid=f"made-up-{i}").sign("ada@example.com", audience=AUDIENCE)
-        response = httpx.post(stack.url + "/v1/messages", content=BODY,
-                              headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token})
+        response = httpx.post(
+            stack.url + "/v1/messages",
+            content=BODY,
+            headers={"content-type": "application/json", "x-goog-iap-jwt-assertion": token},
+        )
         assert response.status_code == 401
 
     # The first request loads the keys; one more fetch is allowed for an unknown kid, then none for a while.

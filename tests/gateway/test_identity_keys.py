@@ -184,8 +184,12 @@ def test_gateway_answers_503_in_anthropic_shape_when_the_key_file_is_too_large(
     server, url = key_server
     server.mode = "huge"
     with make_stack(iap_certs_url=url) as stack:
-        response = httpx.post(stack.url + "/v1/messages", content=BODY,
-                              headers={"content-type": "application/json", **stack.headers()}, timeout=20)
+        response = httpx.post(
+            stack.url + "/v1/messages",
+            content=BODY,
+            headers={"content-type": "application/json", **stack.headers()},
+            timeout=20,
+        )
 
         assert response.status_code == 503
         assert response.json() == {

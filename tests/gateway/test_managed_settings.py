@@ -173,7 +173,10 @@ def test_policy_explain_shows_the_settings_a_person_gets(tmp_path: Path) -> None
 
     result = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "policy", "explain", ADA, "--policy", str(path), "--resolver", "static"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert result.returncode == 0, result.stderr

@@ -29,13 +29,14 @@ def test_models_are_listed_from_the_model_table_in_anthropic_form(stack: Stack) 
     assert PACKAGED_IDS[0] == "claude-opus-5-5"  # Claude Code 2.1.332's default model
     by_id = {m["id"]: m for m in listing["data"]}
     assert by_id["claude-opus-4-5-20251101"] == {
-        "type": "model", "id": "claude-opus-4-5-20251101", "display_name": "Claude Opus 4.5",
+        "type": "model",
+        "id": "claude-opus-4-5-20251101",
+        "display_name": "Claude Opus 4.5",
         "created_at": "2025-11-01T00:00:00Z",
     }
     # Today's ids carry no date, and the table does not make one up.
     assert by_id["claude-opus-5-5"]["created_at"] == "1970-01-01T00:00:00Z"
-    assert (listing["has_more"], listing["first_id"], listing["last_id"]) == (False, PACKAGED_IDS[0],
-                                                                               PACKAGED_IDS[-1])
+    assert (listing["has_more"], listing["first_id"], listing["last_id"]) == (False, PACKAGED_IDS[0], PACKAGED_IDS[-1])
     assert stack.upstream.requests == []  # answered by the gateway, whichever upstream is configured
     row = stack.rows(1)[0]
     assert (row["path"], row["status_code"], row["outcome"]) == ("/v1/models", 200, "ok")
@@ -51,10 +52,18 @@ def test_configured_table_replaces_the_packaged_one(make_stack: StackFactory) ->
         data = list_models(stack).json()["data"]
 
     assert data == [  # in the table's order
-        {"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5",
-         "created_at": "2025-09-29T00:00:00Z"},
-        {"type": "model", "id": "claude-house-model", "display_name": "House model",
-         "created_at": "2026-01-01T00:00:00Z"},
+        {
+            "type": "model",
+            "id": "claude-sonnet-4-5",
+            "display_name": "Claude Sonnet 4.5",
+            "created_at": "2025-09-29T00:00:00Z",
+        },
+        {
+            "type": "model",
+            "id": "claude-house-model",
+            "display_name": "House model",
+            "created_at": "2026-01-01T00:00:00Z",
+        },
     ]
 
 

@@ -20,9 +20,7 @@ def test_validate_says_what_a_valid_file_holds(capsys: pytest.CaptureFixture[str
     assert main(["policy", "validate", str(EXAMPLE)]) == 0
 
     out = capsys.readouterr().out
-    assert out == (
-        f"{EXAMPLE}: valid: a default rule, 3 group rules, 2 user overrides, static members for 4 groups\n"
-    )
+    assert out == (f"{EXAMPLE}: valid: a default rule, 3 group rules, 2 user overrides, static members for 4 groups\n")
 
 
 def test_validate_names_file_line_and_reason_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

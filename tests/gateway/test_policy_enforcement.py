@@ -283,9 +283,10 @@ def test_two_gateways_sharing_redis_enforce_one_combined_limit(
         "redis_key_prefix": f"test-{uuid.uuid4().hex}",
     }
     upstream[0].reply = streamed
-    with gateway(upstream, signer, tmp_path / "a.db", **settings) as first, gateway(
-        upstream, signer, tmp_path / "b.db", **settings
-    ) as second:
+    with (
+        gateway(upstream, signer, tmp_path / "a.db", **settings) as first,
+        gateway(upstream, signer, tmp_path / "b.db", **settings) as second,
+    ):
         statuses = [send(first).status_code, send(second).status_code, send(first).status_code]
         refused_by_second = send(second)
         refused_by_first = send(first)
@@ -315,9 +316,10 @@ def test_two_gateways_sharing_redis_share_the_concurrency_limit(
         return reply
 
     fake.reply = slow_once
-    with gateway(upstream, signer, tmp_path / "a.db", **settings) as first, gateway(
-        upstream, signer, tmp_path / "b.db", **settings
-    ) as second:
+    with (
+        gateway(upstream, signer, tmp_path / "a.db", **settings) as first,
+        gateway(upstream, signer, tmp_path / "b.db", **settings) as second,
+    ):
         running: list[httpx.Response] = []
         runner = threading.Thread(target=lambda: running.append(send(first)))
         runner.start()
@@ -354,7 +356,9 @@ def test_unreachable_redis_fails_open_by_default_and_keeps_auditing(
 
 def test_unreachable_redis_fails_closed_when_configured(policy_stack: Any) -> None:
     with policy_stack(
-        {"requests_per_minute": 1}, redis_url="redis://127.0.0.1:1/0", redis_timeout_seconds=0.2,
+        {"requests_per_minute": 1},
+        redis_url="redis://127.0.0.1:1/0",
+        redis_timeout_seconds=0.2,
         policy_fail_mode="closed",
     ) as stack:
         refused = send(stack)
@@ -369,8 +373,10 @@ def test_unreachable_redis_fails_closed_when_configured(policy_stack: Any) -> No
 def test_rules_without_counted_limits_never_touch_the_counters(policy_stack: Any) -> None:
     """Only model and max_tokens limits: the unreachable Redis is never asked, even with fail-closed."""
     with policy_stack(
-        {"models": ["claude-sonnet-*"], "max_tokens": 4096}, redis_url="redis://127.0.0.1:1/0",
-        redis_timeout_seconds=0.2, policy_fail_mode="closed",
+        {"models": ["claude-sonnet-*"], "max_tokens": 4096},
+        redis_url="redis://127.0.0.1:1/0",
+        redis_timeout_seconds=0.2,
+        policy_fail_mode="closed",
     ) as stack:
         stack.upstream.reply = streamed
 

@@ -77,35 +77,49 @@ def test_valid_file_is_read_with_emails_lower_cased_and_unlimited_as_none() -> N
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("groups:\n  eng@example.com:\n    request_per_minute: 5\n",
-         "policy.yaml:3:5: unknown key 'request_per_minute' in the rule for group eng@example.com "
-         "(did you mean 'requests_per_minute'?)"),
-        ("default:\n  requests_per_minute: -1\n",
-         "policy.yaml:2:24: requests_per_minute in the default rule may not be negative (-1)"),
-        ("default:\n  daily_budget_usd: -0.5\n",
-         "policy.yaml:2:21: daily_budget_usd in the default rule may not be negative (-0.5)"),
-        ("default:\n  models:\n    - claude-[opus]-*\n",
-         "policy.yaml:3:7: invalid model pattern 'claude-[opus]-*': '[' is not allowed"),
+        (
+            "groups:\n  eng@example.com:\n    request_per_minute: 5\n",
+            "policy.yaml:3:5: unknown key 'request_per_minute' in the rule for group eng@example.com "
+            "(did you mean 'requests_per_minute'?)",
+        ),
+        (
+            "default:\n  requests_per_minute: -1\n",
+            "policy.yaml:2:24: requests_per_minute in the default rule may not be negative (-1)",
+        ),
+        (
+            "default:\n  daily_budget_usd: -0.5\n",
+            "policy.yaml:2:21: daily_budget_usd in the default rule may not be negative (-0.5)",
+        ),
+        (
+            "default:\n  models:\n    - claude-[opus]-*\n",
+            "policy.yaml:3:7: invalid model pattern 'claude-[opus]-*': '[' is not allowed",
+        ),
         ("default:\n  models: ['']\n", "policy.yaml:2:12: a model pattern may not be empty"),
         ("default:\n  models: claude-*\n", "policy.yaml:2:11: models in the default rule must be a list"),
         ("default:\n  max_tokens: 0\n", "policy.yaml:2:15: max_tokens in the default rule must be at least 1"),
-        ("default:\n  max_concurrent_requests: 2.5\n",
-         "policy.yaml:2:28: max_concurrent_requests in the default rule must be a whole number or `unlimited`, "
-         "not 2.5"),
+        (
+            "default:\n  max_concurrent_requests: 2.5\n",
+            "policy.yaml:2:28: max_concurrent_requests in the default rule must be a whole number or `unlimited`, "
+            "not 2.5",
+        ),
         ("default:\n  requests_per_minute: true\n", "must be a whole number or `unlimited`, not true"),
         ("default:\n  requests_per_minute: '10'\n", "must be a whole number or `unlimited`, not '10'"),
         ("default:\n  monthly_budget_usd: .inf\n", "must be a finite amount of US dollars"),
         ("default:\n  tokens_per_minute:\n", "policy.yaml:2:21: tokens_per_minute in the default rule has no value"),
         ("groups:\n  eng@example.com:\n", "policy.yaml:2:19: the rule for group eng@example.com is empty; write {}"),
         ("groups:\n  engineering: {}\n", "policy.yaml:2:3: 'engineering' in `groups` is not an email address"),
-        ("groups:\n  a@example.com: {}\n  A@EXAMPLE.com: {}\n",
-         "policy.yaml:3:3: group a@example.com appears twice (also on line 2; case is ignored)"),
+        (
+            "groups:\n  a@example.com: {}\n  A@EXAMPLE.com: {}\n",
+            "policy.yaml:3:3: group a@example.com appears twice (also on line 2; case is ignored)",
+        ),
         ("default: {}\ndefault: {}\n", "policy.yaml:2:1: duplicate key 'default' in the policy file (first on line 1)"),
         ("defaults: {}\n", "policy.yaml:1:1: unknown key 'defaults' in the policy file (did you mean 'default'?)"),
         ("version: 2\n", "policy.yaml:1:10: version must be 1"),
         ("- a\n- b\n", "policy.yaml:1:1: the policy file must be a mapping"),
-        ("members:\n  eng@example.com: ada@example.com\n",
-         "policy.yaml:2:20: members of eng@example.com must be a list"),
+        (
+            "members:\n  eng@example.com: ada@example.com\n",
+            "policy.yaml:2:20: members of eng@example.com must be a list",
+        ),
         ("members:\n  eng@example.com: [ada]\n", "policy.yaml:2:21: 'ada' in the members of eng@example.com is not an"),
         ("default:\n  models: [a\n", "policy.yaml:3:1: not valid YAML"),
         ("default: {requests_per_minute: !!python/object:os.system x}\n", "must be a whole number"),
@@ -175,9 +189,10 @@ def test_most_generous_value_of_each_limit_wins_across_groups(policy: Policy) ->
     assert limits.allows_model("claude-sonnet-4-5") and limits.allows_model("claude-opus-4-1")
     assert not limits.allows_model("claude-haiku-4-5")
     assert limits.source["requests_per_minute"] == "group:eng@example.com"
-    assert "most generous of 60 from group:eng@example.com, 30 from group:ml@example.com" in limits.why[
-        "requests_per_minute"
-    ]
+    assert (
+        "most generous of 60 from group:eng@example.com, 30 from group:ml@example.com"
+        in limits.why["requests_per_minute"]
+    )
 
 
 def test_person_in_no_group_gets_the_default_rule(policy: Policy) -> None:
@@ -228,13 +243,15 @@ def test_user_override_alone_is_the_whole_rule_without_group_or_default() -> Non
 
 
 def test_capture_levels_are_the_files_words_and_the_most_capture_across_groups_wins() -> None:
-    policy = parse_policy(textwrap.dedent("""\
+    policy = parse_policy(
+        textwrap.dedent("""\
         version: 1
         default: {capture: none}
         groups:
           eng@example.com: {capture: metadata+}
           audit@example.com: {capture: full}
-        """))
+        """)
+    )
 
     assert [str(level) for level in CaptureLevel] == ["none", "metadata+", "full"]
     assert policy.groups["eng@example.com"].capture is CaptureLevel.METADATA

@@ -94,8 +94,9 @@ def test_newer_model_is_not_priced_as_an_older_one_sharing_its_prefix(table: Pri
 
 
 def test_cost_prices_each_kind_of_token_separately(table: PriceTable) -> None:
-    usage = Usage(input_tokens=1_000, output_tokens=500, cache_creation_input_tokens=2_000,
-                  cache_read_input_tokens=10_000)
+    usage = Usage(
+        input_tokens=1_000, output_tokens=500, cache_creation_input_tokens=2_000, cache_read_input_tokens=10_000
+    )
     # 1000*4 + 500*20 + 2000*5 + 10000*0.2 = 4000 + 10000 + 10000 + 2000 micro-dollars.
     assert table.cost("claude-opus-5-5", usage).cost_usd == 0.026
 
@@ -112,26 +113,45 @@ def test_cache_writes_are_priced_by_their_ttl(table: PriceTable) -> None:
 
 
 def test_long_prompt_tier_counts_input_cache_reads_and_writes(table: PriceTable) -> None:
-    at_limit = Usage(input_tokens=60_000, cache_read_input_tokens=30_000, cache_creation_input_tokens=10_000,
-                     output_tokens=MILLION)
-    over = Usage(input_tokens=60_000, cache_read_input_tokens=30_000, cache_creation_input_tokens=10_001,
-                 output_tokens=MILLION)
+    at_limit = Usage(
+        input_tokens=60_000, cache_read_input_tokens=30_000, cache_creation_input_tokens=10_000, output_tokens=MILLION
+    )
+    over = Usage(
+        input_tokens=60_000, cache_read_input_tokens=30_000, cache_creation_input_tokens=10_001, output_tokens=MILLION
+    )
     # 100,000 prompt tokens is still the base tier; one more and the whole request is at the long-prompt rates.
     assert table.cost("claude-haiku-5-5", at_limit).cost_usd == pytest.approx(
-        (60_000 * 0.1 + 30_000 * 0.01 + 10_000 * 0.125) / MILLION + 0.5)
+        (60_000 * 0.1 + 30_000 * 0.01 + 10_000 * 0.125) / MILLION + 0.5
+    )
     assert table.cost("claude-haiku-5-5", over).cost_usd == pytest.approx(
-        (60_000 * 0.5 + 30_000 * 0.05 + 10_001 * 0.625) / MILLION + 2.5)
+        (60_000 * 0.5 + 30_000 * 0.05 + 10_001 * 0.625) / MILLION + 2.5
+    )
 
 
 def test_long_prompt_tier_is_chosen_per_sampling_iteration(table: PriceTable) -> None:
     iterations = [
-        {"type": "message", "input_tokens": 90_000, "output_tokens": 10, "cache_read_input_tokens": 0,
-         "cache_creation_input_tokens": 0},
-        {"type": "message", "input_tokens": 120_000, "output_tokens": 20, "cache_read_input_tokens": 0,
-         "cache_creation_input_tokens": 0},
+        {
+            "type": "message",
+            "input_tokens": 90_000,
+            "output_tokens": 10,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
+        {
+            "type": "message",
+            "input_tokens": 120_000,
+            "output_tokens": 20,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        },
     ]
-    usage = Usage(input_tokens=210_000, output_tokens=30, cache_read_input_tokens=0, cache_creation_input_tokens=0,
-                  iterations=iterations)
+    usage = Usage(
+        input_tokens=210_000,
+        output_tokens=30,
+        cache_read_input_tokens=0,
+        cache_creation_input_tokens=0,
+        iterations=iterations,
+    )
     expected = (90_000 * 0.1 + 10 * 0.5 + 120_000 * 0.5 + 20 * 2.5) / MILLION
     assert table.cost("claude-haiku-5-5", usage).cost_usd == pytest.approx(expected)
     # Iterations that do not add up to the totals are not trusted: the totals are priced as one request.
@@ -149,8 +169,10 @@ def test_web_searches_cost_a_cent_each_and_us_inference_a_tenth_more(table: Pric
     assert table.cost("claude-sonnet-5-5", usage).cost_usd == pytest.approx(2.03)
 
 
-@pytest.mark.parametrize(("model", "output_rate"), [("claude-opus-5-5", 40), ("claude-fable-5-2", 80),
-                                                   ("claude-opus-4-6", 150), ("claude-haiku-4-5", 5)])
+@pytest.mark.parametrize(
+    ("model", "output_rate"),
+    [("claude-opus-5-5", 40), ("claude-fable-5-2", 80), ("claude-opus-4-6", 150), ("claude-haiku-4-5", 5)],
+)
 def test_fast_mode_has_its_own_prices_where_a_model_offers_it(table: PriceTable, model: str, output_rate: int) -> None:
     assert table.cost(model, Usage(output_tokens=MILLION, speed="fast")).cost_usd == output_rate
 
@@ -167,7 +189,8 @@ def test_unknown_model_of_a_known_family_pays_the_familys_highest_list_price(
     assert table.fallback_requests == before + 2
     assert [r.getMessage() for r in caplog.records].count(
         "pricing: no price for model 'claude-opus-9-1'; charging claude-3-opus-latest's list price (family_max) "
-        "until a price is known") == 1
+        "until a price is known"
+    ) == 1
     assert "gateway_price_fallback_requests_total" in table.prometheus_text()
 
 
@@ -195,10 +218,15 @@ def test_many_distinct_model_strings_do_not_break_lookup() -> None:
 
 
 def test_operator_file_takes_precedence_for_the_models_it_names(tmp_path: Path) -> None:
-    opus = {"input": 2, "output": 10, "cache_write": 2.5, "cache_read": 0.2, "aliases": ["house-opus"],
-            "long_prompt": {"above_prompt_tokens": 500_000, "input": 4, "output": 20, "cache_write": 5,
-                            "cache_read": 0.4},
-            "fast": {"input": 6, "output": 30, "cache_write": 7.5, "cache_read": 0.6}}
+    opus = {
+        "input": 2,
+        "output": 10,
+        "cache_write": 2.5,
+        "cache_read": 0.2,
+        "aliases": ["house-opus"],
+        "long_prompt": {"above_prompt_tokens": 500_000, "input": 4, "output": 20, "cache_write": 5, "cache_read": 0.4},
+        "fast": {"input": 6, "output": 30, "cache_write": 7.5, "cache_read": 0.6},
+    }
     table = load_prices(write(tmp_path, valid_file(**{"claude-opus-5-5": opus})))
 
     priced = table.cost("claude-opus-5-5", Usage(input_tokens=400_000, output_tokens=MILLION))
@@ -227,7 +255,10 @@ def test_every_gap_table_entry_is_something_genai_prices_lacks_or_has_otherwise(
     for model in json.loads(path.read_text())["models"]:
         ours, theirs = gaps.price_for(model)[0], library.price_for(model)
         assert theirs[1] != RULE_LIST or (ours.rates, ours.long_prompt, ours.fast) != (
-            theirs[0].rates, theirs[0].long_prompt, theirs[0].fast), f"{model} no longer needs a gap entry"
+            theirs[0].rates,
+            theirs[0].long_prompt,
+            theirs[0].fast,
+        ), f"{model} no longer needs a gap entry"
 
 
 def _entry(**changes: Any) -> dict[str, Any]:

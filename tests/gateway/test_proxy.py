@@ -41,8 +41,10 @@ def test_streamed_reply_is_relayed_byte_for_byte_with_upstream_headers(stack: St
 
 def test_request_body_query_and_anthropic_headers_reach_upstream_unchanged(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
-    body = (b'{"model": "claude-sonnet-4-5",   "max_tokens": 5, "messages": [{"role":"user","content":"x \\u00e9"}],'
-            b' "future_field": {"n": 1.5, "big": 123456789012345678}}')
+    body = (
+        b'{"model": "claude-sonnet-4-5",   "max_tokens": 5, "messages": [{"role":"user","content":"x \\u00e9"}],'
+        b' "future_field": {"n": 1.5, "big": 123456789012345678}}'
+    )
 
     post(
         stack,
@@ -96,8 +98,13 @@ def test_stream_reaches_client_before_upstream_finishes(stack: Stack) -> None:
 
     started = time.monotonic()
     first_chunk_at = None
-    with httpx.stream("POST", stack.url + "/v1/messages", content=orjson.dumps(REQUEST),
-                      headers={"content-type": "application/json", **stack.headers()}, timeout=20) as response:
+    with httpx.stream(
+        "POST",
+        stack.url + "/v1/messages",
+        content=orjson.dumps(REQUEST),
+        headers={"content-type": "application/json", **stack.headers()},
+        timeout=20,
+    ) as response:
         for chunk in response.iter_raw():
             if chunk and first_chunk_at is None:
                 first_chunk_at = time.monotonic()
@@ -161,23 +168,35 @@ def test_error_event_after_200_is_relayed_and_audited_as_upstream_error(stack: S
     assert response.status_code == 200
     assert b"event: error" in response.content
     row = stack.rows(1)[0]
-    assert (row["outcome"], row["error_type"], row["error_message"]) == ("upstream_error", "overloaded_error",
-                                                                          "Overloaded")
+    assert (row["outcome"], row["error_type"], row["error_message"]) == (
+        "upstream_error",
+        "overloaded_error",
+        "Overloaded",
+    )
 
 
 def test_streamed_reply_is_metered_and_priced(stack: Stack) -> None:
-    events = stream_events(["a", "b", "c"], input_tokens=1000, cache_creation=2000, cache_read=3000,
-                           output_tokens=500)
+    events = stream_events(["a", "b", "c"], input_tokens=1000, cache_creation=2000, cache_read=3000, output_tokens=500)
     stack.upstream.reply = lambda seen: Reply(200, SSE_HEADERS, events)
 
-    post(stack, **{"x-claude-code-session-id": "sess-1", "x-claude-code-agent-id": "agent-7",
-                   "user-agent": "claude-cli/2.1.328"})
+    post(
+        stack,
+        **{
+            "x-claude-code-session-id": "sess-1",
+            "x-claude-code-agent-id": "agent-7",
+            "user-agent": "claude-cli/2.1.328",
+        },
+    )
 
     row = stack.rows(1)[0]
     assert row["served_model"] == "claude-sonnet-4-5-20250929"
     assert row["requested_model"] == "claude-sonnet-4-5"
-    assert (row["input_tokens"], row["cache_creation_input_tokens"], row["cache_read_input_tokens"],
-            row["output_tokens"]) == (1000, 2000, 3000, 500)
+    assert (
+        row["input_tokens"],
+        row["cache_creation_input_tokens"],
+        row["cache_read_input_tokens"],
+        row["output_tokens"],
+    ) == (1000, 2000, 3000, 500)
     # Sonnet 4.5 list prices per million: input 3, cache write 3.75, cache read 0.30, output 15.
     assert row["cost_usd"] == pytest.approx((1000 * 3 + 2000 * 3.75 + 3000 * 0.30 + 500 * 15) / 1e6)
     assert (row["session_id"], row["agent_id"], row["user_agent"]) == ("sess-1", "agent-7", "claude-cli/2.1.328")
@@ -214,8 +233,11 @@ def test_slow_upstream_gives_504(make_stack: StackFactory) -> None:
 
 def test_upstream_key_never_appears_in_responses_or_logs(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG")
-    stack.upstream.reply = lambda seen: Reply(401, JSON_HEADERS, [orjson.dumps(
-        {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})])
+    stack.upstream.reply = lambda seen: Reply(
+        401,
+        JSON_HEADERS,
+        [orjson.dumps({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})],
+    )
 
     response = post(stack)
 

@@ -48,27 +48,55 @@ def audit_records() -> list[AuditRecord]:
         nonlocal serial
         serial += 1
         values = {"method": "POST", "path": "/v1/messages", "status_code": 200, "outcome": "ok", **fields}
-        records.append(AuditRecord(f"req-{serial:04d}", at, user_email=user, groups=PEOPLE.get(user or "", []),
-                                   **values))
+        records.append(
+            AuditRecord(f"req-{serial:04d}", at, user_email=user, groups=PEOPLE.get(user or "", []), **values)
+        )
 
     start = datetime(2026, 10, 1, tzinfo=UTC)
     for n in range(150):
         user = list(PEOPLE)[n % 4]
         model = MODELS[n % 3]
         at = start + timedelta(hours=n * 4.9 + 1)
-        add(at, user, requested_model=model, served_model=model, input_tokens=100 + 37 * n, output_tokens=20 + 11 * n,
-            cache_creation_input_tokens=n % 5 * 100, cache_read_input_tokens=n % 7 * 1000,
+        add(
+            at,
+            user,
+            requested_model=model,
+            served_model=model,
+            input_tokens=100 + 37 * n,
+            output_tokens=20 + 11 * n,
+            cache_creation_input_tokens=n % 5 * 100,
+            cache_read_input_tokens=n % 7 * 1000,
             cost_usd=round(0.0012345 * (n + 1) * (3 if model.endswith("opus-4-1") else 1), 7),
-            price_source="genai-prices 0.2.3" if n % 10 else "packaged gap table 2026-12-01")
+            price_source="genai-prices 0.2.3" if n % 10 else "packaged gap table 2026-12-01",
+        )
     for n in range(12):
-        add(start + timedelta(days=n * 2, hours=3), list(PEOPLE)[n % 4], requested_model="claude-opus-4-1",
-            status_code=403, outcome="denied", policy_rule="opus-for-staff")
+        add(
+            start + timedelta(days=n * 2, hours=3),
+            list(PEOPLE)[n % 4],
+            requested_model="claude-opus-4-1",
+            status_code=403,
+            outcome="denied",
+            policy_rule="opus-for-staff",
+        )
     add(start + timedelta(days=3), None, status_code=401, outcome="unauthenticated")
-    add(start + timedelta(days=4), "bob@example.com", requested_model=HOSTILE_MODEL, served_model=HOSTILE_MODEL,
-        input_tokens=5, output_tokens=5, cost_usd=0.004, price_source="genai-prices 0.2.3")
+    add(
+        start + timedelta(days=4),
+        "bob@example.com",
+        requested_model=HOSTILE_MODEL,
+        served_model=HOSTILE_MODEL,
+        input_tokens=5,
+        output_tokens=5,
+        cost_usd=0.004,
+        price_source="genai-prices 0.2.3",
+    )
     # Outside October by a second either way: not in the report.
-    add(datetime(2026, 9, 30, 23, 59, 59, tzinfo=UTC), "ada@example.com", served_model=MODELS[0], input_tokens=9,
-        cost_usd=100.0)
+    add(
+        datetime(2026, 9, 30, 23, 59, 59, tzinfo=UTC),
+        "ada@example.com",
+        served_model=MODELS[0],
+        input_tokens=9,
+        cost_usd=100.0,
+    )
     add(datetime(2026, 11, 1, tzinfo=UTC), "ada@example.com", served_model=MODELS[0], input_tokens=9, cost_usd=200.0)
     return records
 
@@ -143,8 +171,11 @@ def test_report_totals_match_the_audit_rows_to_the_cent(
         if cost:
             assert money(cost) in page, user
     assert sum(int(row["tokens"]) for row in rows) == sum(
-        (r.input_tokens or 0) + (r.output_tokens or 0) + (r.cache_creation_input_tokens or 0)
-        + (r.cache_read_input_tokens or 0) for r in october
+        (r.input_tokens or 0)
+        + (r.output_tokens or 0)
+        + (r.cache_creation_input_tokens or 0)
+        + (r.cache_read_input_tokens or 0)
+        for r in october
     )
     assert "October 2026, 164 requests, 5 people" in capsys.readouterr().out
     assert "$100.00" not in page and "$200.00" not in page  # the rows a second outside October
@@ -175,8 +206,20 @@ def test_caller_chosen_text_is_escaped_in_the_page_and_defused_in_the_csv(
 def test_a_period_without_traffic_gives_an_empty_report_that_says_so(
     audit_db: Path, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["audit", "report", "--period", "week", "--of", "2026-08-12", "--out", str(tmp_path / "e.html"),
-                 "--sink", f"sqlite:///{audit_db}"])
+    code = main(
+        [
+            "audit",
+            "report",
+            "--period",
+            "week",
+            "--of",
+            "2026-08-12",
+            "--out",
+            str(tmp_path / "e.html"),
+            "--sink",
+            f"sqlite:///{audit_db}",
+        ]
+    )
 
     assert code == 0
     page = (tmp_path / "e.html").read_text()
@@ -230,8 +273,12 @@ def test_a_group_of_the_policy_without_traffic_gets_an_empty_report(
     ],
 )
 def test_bad_arguments_are_one_readable_line(
-    audit_db: Path, tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    arguments: list[str], message: str,
+    audit_db: Path,
+    tmp_path: Path,
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    message: str,
 ) -> None:
     clean_env.chdir(tmp_path)
     code = main(["audit", "report", "--period", "month", "--sink", f"sqlite:///{audit_db}", *arguments])
@@ -327,8 +374,13 @@ class LargeTable:
             job.setdefault("statistics", {})["totalBytesProcessed"] = str(self.claimed)
             job["statistics"].setdefault("query", {})["totalBytesProcessed"] = str(self.claimed)
             content = json.dumps(job).encode()
-        await send({"type": "http.response.start", "status": answer.status_code,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status_code,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
 

@@ -79,8 +79,11 @@ def test_sdk_non_streaming_through_gateway(sdk_stack: Stack) -> None:
     assert message.content[0].type == "text"
     assert "mock upstream" in message.content[0].text
     row = sdk_stack.rows(1)[0]
-    assert (row["user_email"], row["served_model"], row["stream"]) == ("grace@example.com",
-                                                                       "claude-haiku-4-5-20251001", 0)
+    assert (row["user_email"], row["served_model"], row["stream"]) == (
+        "grace@example.com",
+        "claude-haiku-4-5-20251001",
+        0,
+    )
     assert row["output_tokens"] == message.usage.output_tokens
     assert row["upstream_request_id"] == message._request_id
 

@@ -58,9 +58,19 @@ def test_sdk_log_export_lands_with_the_verified_email_not_the_reported_one(stack
     provider = LoggerProvider(resource=RESOURCE)
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
     logger = provider.get_logger("com.anthropic.claude_code.events")
-    logger.emit(LogRecord(body="claude_code.tool_decision", event_name="tool_decision", attributes={
-        "tool_name": "Bash", "decision": "reject", "source": "user", "session.id": "s-1",
-        "tool_parameters": '{"full_command":"rm -rf /"}'}))
+    logger.emit(
+        LogRecord(
+            body="claude_code.tool_decision",
+            event_name="tool_decision",
+            attributes={
+                "tool_name": "Bash",
+                "decision": "reject",
+                "source": "user",
+                "session.id": "s-1",
+                "tool_parameters": '{"full_command":"rm -rf /"}',
+            },
+        )
+    )
     provider.shutdown()
 
     [row] = telemetry(stack.audit_db, 1)
@@ -84,23 +94,49 @@ def test_sdk_metric_export_gives_one_row_per_data_point(stack: Stack) -> None:
 
     rows = telemetry(stack.audit_db, 2)
     assert sorted((r["name"], r["unit"], r["value"]) for r in rows) == [
-        ("claude_code.cost.usage", "USD", 0.25), ("claude_code.cost.usage", "USD", 0.5)]
+        ("claude_code.cost.usage", "USD", 0.25),
+        ("claude_code.cost.usage", "USD", 0.5),
+    ]
     assert {r["user_email"] for r in rows} == {ADA}
 
 
 def test_json_export_with_hex_ids_and_gzip_is_read(stack: Stack) -> None:
-    export = {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "cc"}, "spans": [{
-        "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "claude_code.llm_request",
-        "startTimeUnixNano": "1764590000000000000", "endTimeUnixNano": "1764590000250000000",
-        "attributes": [{"key": "model", "value": {"stringValue": "claude-opus-5-5"}}]}]}]}]}
-    response = httpx.post(stack.url + "/v1/traces", content=gzip.compress(orjson.dumps(export)),
-                          headers={**stack.headers(ADA), "content-type": "application/json",
-                                   "content-encoding": "gzip"}, timeout=10)
+    export = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": []},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "cc"},
+                        "spans": [
+                            {
+                                "traceId": "5b8efff798038103d269b633813fc60c",
+                                "spanId": "eee19b7ec3c1b174",
+                                "name": "claude_code.llm_request",
+                                "startTimeUnixNano": "1764590000000000000",
+                                "endTimeUnixNano": "1764590000250000000",
+                                "attributes": [{"key": "model", "value": {"stringValue": "claude-opus-5-5"}}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    response = httpx.post(
+        stack.url + "/v1/traces",
+        content=gzip.compress(orjson.dumps(export)),
+        headers={**stack.headers(ADA), "content-type": "application/json", "content-encoding": "gzip"},
+        timeout=10,
+    )
 
     assert response.status_code == 200 and response.json() == {}
     [row] = telemetry(stack.audit_db, 1)
     assert (row["trace_id"], row["span_id"], row["duration_ms"]) == (
-        "5b8efff798038103d269b633813fc60c", "eee19b7ec3c1b174", 250.0)
+        "5b8efff798038103d269b633813fc60c",
+        "eee19b7ec3c1b174",
+        250.0,
+    )
     assert row["event_time"].startswith(datetime.fromtimestamp(1764590000, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
 
 
@@ -110,7 +146,7 @@ def test_json_export_with_hex_ids_and_gzip_is_read(stack: Stack) -> None:
         ("application/x-protobuf", b"\xff\xff\xff\xff garbage", "Not an OTLP ExportLogsServiceRequest in protobuf"),
         ("application/json", b"{not json", "Not valid JSON"),
         ("application/json", b'{"resourceLogs": 7}', "Not an OTLP ExportLogsServiceRequest in JSON"),
-        ("application/json", b'[1, 2]', "is a JSON object"),
+        ("application/json", b"[1, 2]", "is a JSON object"),
         ("application/json", b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"zz"}]}]}]}', "hex"),
         ("text/plain", b"hello", "Content-Type must be application/x-protobuf or application/json"),
     ],
@@ -118,8 +154,9 @@ def test_json_export_with_hex_ids_and_gzip_is_read(stack: Stack) -> None:
 def test_malformed_export_is_a_400_and_never_reaches_the_upstream(
     stack: Stack, content_type: str, body: bytes, reason: str
 ) -> None:
-    response = httpx.post(stack.url + "/v1/logs", content=body,
-                          headers={**stack.headers(ADA), "content-type": content_type}, timeout=10)
+    response = httpx.post(
+        stack.url + "/v1/logs", content=body, headers={**stack.headers(ADA), "content-type": content_type}, timeout=10
+    )
 
     assert response.status_code == 400
     error = response.json()["error"]
@@ -130,8 +167,9 @@ def test_malformed_export_is_a_400_and_never_reaches_the_upstream(
 
 
 def test_export_without_a_verified_identity_is_refused(stack: Stack) -> None:
-    response = httpx.post(stack.url + "/v1/metrics", content=b"", timeout=10,
-                          headers={"content-type": "application/x-protobuf"})
+    response = httpx.post(
+        stack.url + "/v1/metrics", content=b"", timeout=10, headers={"content-type": "application/x-protobuf"}
+    )
 
     assert response.status_code == 401
     assert stack.rows(1)[-1]["outcome"] == "unauthenticated"
@@ -153,14 +191,30 @@ def test_tool_decisions_view_shows_commands_per_verified_person(tmp_path: Path) 
         env.setenv("GATEWAY_BIGQUERY_ENDPOINT", emulator.url)
         env.setenv("GATEWAY_BIGQUERY_ANONYMOUS", "1")
         assert main(["bq", "init", "--sink", f"bigquery://{table.project}/{table.dataset}/{table.table}"]) == 0
-    export = {"resourceLogs": [{"resource": {"attributes": [
-        {"key": "user.email", "value": {"stringValue": "mallory@example.com"}}]}, "scopeLogs": [{"logRecords": [
-            {"timeUnixNano": str(time.time_ns()), "eventName": "tool_decision", "attributes": [
-                {"key": "tool_name", "value": {"stringValue": "Bash"}},
-                {"key": "decision", "value": {"stringValue": "accept"}},
-                {"key": "source", "value": {"stringValue": "config"}},
-                {"key": "tool_parameters", "value": {"stringValue": '{"full_command":"echo hi"}'}}]},
-            {"eventName": "api_request", "attributes": []}]}]}]}
+    export = {
+        "resourceLogs": [
+            {
+                "resource": {"attributes": [{"key": "user.email", "value": {"stringValue": "mallory@example.com"}}]},
+                "scopeLogs": [
+                    {
+                        "logRecords": [
+                            {
+                                "timeUnixNano": str(time.time_ns()),
+                                "eventName": "tool_decision",
+                                "attributes": [
+                                    {"key": "tool_name", "value": {"stringValue": "Bash"}},
+                                    {"key": "decision", "value": {"stringValue": "accept"}},
+                                    {"key": "source", "value": {"stringValue": "config"}},
+                                    {"key": "tool_parameters", "value": {"stringValue": '{"full_command":"echo hi"}'}},
+                                ],
+                            },
+                            {"eventName": "api_request", "attributes": []},
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
     message = otlp.decode("/v1/logs", otlp.JSON, "", orjson.dumps(export), 1 << 20)
     sender = otlp.Sender(ADA, ("eng@example.com",), "req-1", "claude-cli/2.1.332")
     rows = otlp.rows("/v1/logs", message, sender, datetime.now(UTC))
@@ -178,5 +232,10 @@ def test_tool_decisions_view_shows_commands_per_verified_person(tmp_path: Path) 
     assert len(found) == 1
     [view] = found
     assert (view["user_email"], view["groups"], view["tool_name"], view["decision"], view["decided_by"]) == (
-        ADA, "eng@example.com", "Bash", "accept", "config")
+        ADA,
+        "eng@example.com",
+        "Bash",
+        "accept",
+        "config",
+    )
     assert view["command"] == "echo hi" and view["reported_email"] == "mallory@example.com"

@@ -574,6 +574,11 @@ def test_https_upstream_verified_against_the_given_roots(tmp_path: Path) -> None
 def test_failure_kinds_keep_the_names_audit_rows_have_always_carried() -> None:
     """`upstream_failures` reads "connection failed (ConnectError): ..."; security teams query these names."""
     assert sorted(FailureKind) == [
-        "ConnectError", "ConnectTimeout", "ReadError", "ReadTimeout", "RemoteProtocolError",
-        "UpstreamTransportError", "WriteTimeout",
+        "ConnectError",
+        "ConnectTimeout",
+        "ReadError",
+        "ReadTimeout",
+        "RemoteProtocolError",
+        "UpstreamTransportError",
+        "WriteTimeout",
     ]

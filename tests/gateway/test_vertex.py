@@ -105,8 +105,11 @@ def test_count_tokens_keeps_the_model_in_the_body_and_sends_no_betas(vstack: Ver
     vstack.vertex.reply = lambda seen: Reply(200, JSON_HEADERS, [b'{"input_tokens": 9}'])
     body = {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "hi"}]}
 
-    response = vstack.post(body, path="/v1/messages/count_tokens?beta=true",
-                           **{"anthropic-beta": "token-counting-2024-11-01,context-1m-2025-08-07"})
+    response = vstack.post(
+        body,
+        path="/v1/messages/count_tokens?beta=true",
+        **{"anthropic-beta": "token-counting-2024-11-01,context-1m-2025-08-07"},
+    )
 
     assert response.json() == {"input_tokens": 9}
     seen = vstack.vertex.requests[-1]
@@ -122,8 +125,10 @@ def test_count_tokens_keeps_the_model_in_the_body_and_sends_no_betas(vstack: Ver
 
 def test_only_betas_vertex_accepts_are_passed(vstack: VertexStack) -> None:
     vstack.vertex.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
-    betas = "claude-code-20250219,interleaved-thinking-2025-05-14,prompt-caching-scope-2026-01-05," \
-            "context-management-2025-06-27"
+    betas = (
+        "claude-code-20250219,interleaved-thinking-2025-05-14,prompt-caching-scope-2026-01-05,"
+        "context-management-2025-06-27"
+    )
 
     vstack.post({**REQUEST, "stream": False}, **{"anthropic-beta": betas, "x-claude-code-session-id": "s-1"})
 
@@ -138,8 +143,9 @@ def test_vertex_betas_star_passes_every_beta(
 ) -> None:
     fake, url = vertex
     fake.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
-    with make_stack(upstream=["vertex"], vertex_base_url=url, vertex_region="europe-west1",
-                    vertex_betas=["*"]) as stack:
+    with make_stack(
+        upstream=["vertex"], vertex_base_url=url, vertex_region="europe-west1", vertex_betas=["*"]
+    ) as stack:
         VertexStack(stack, fake, google).post({**REQUEST, "stream": False}, **{"anthropic-beta": "a-1,b-2"})
 
     assert fake.requests[-1].header("anthropic-beta") == "a-1,b-2"
@@ -169,7 +175,10 @@ def test_token_near_expiry_is_refreshed(vstack: VertexStack) -> None:
 
     assert len(vstack.google.grants) == 2
     assert [r.header("authorization") for r in vstack.vertex.requests] == [
-        "Bearer ya29.fake-token-1", "Bearer ya29.fake-token-2", "Bearer ya29.fake-token-2"]
+        "Bearer ya29.fake-token-1",
+        "Bearer ya29.fake-token-2",
+        "Bearer ya29.fake-token-2",
+    ]
 
 
 def test_token_refresh_runs_off_the_event_loop_once_for_concurrent_requests(vstack: VertexStack) -> None:
@@ -210,23 +219,31 @@ def test_token_endpoint_refusal_is_a_502_naming_the_credentials(vstack: VertexSt
 
 
 def test_google_shaped_errors_reach_the_client_in_anthropic_shape(vstack: VertexStack) -> None:
-    google_error = [{"error": {"code": 404, "message": "Publisher Model `claude-nope@1` not found.",
-                               "status": "NOT_FOUND"}}]
+    google_error = [
+        {"error": {"code": 404, "message": "Publisher Model `claude-nope@1` not found.", "status": "NOT_FOUND"}}
+    ]
     vstack.vertex.reply = lambda seen: Reply(404, [("content-type", "application/json")], [orjson.dumps(google_error)])
 
     response = vstack.post({**REQUEST, "model": "claude-nope@1"})
 
     assert response.status_code == 404
-    assert response.json() == {"type": "error", "error": {
-        "type": "not_found_error", "message": "Publisher Model `claude-nope@1` not found. (Vertex AI NOT_FOUND)"}}
+    assert response.json() == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": "Publisher Model `claude-nope@1` not found. (Vertex AI NOT_FOUND)",
+        },
+    }
     assert int(response.headers["content-length"]) == len(response.content)
     row = vstack.gateway.rows(1)[0]
     assert (row["outcome"], row["status_code"], row["attempts"]) == ("upstream_error", 404, 1)
 
 
 def test_anthropic_shaped_vertex_errors_pass_unchanged(vstack: VertexStack) -> None:
-    body = b'{"type":"error","error":{"type":"invalid_request_error","message":"Unexpected value(s)"},' \
-           b'"request_id":"req_vrtx_1"}'
+    body = (
+        b'{"type":"error","error":{"type":"invalid_request_error","message":"Unexpected value(s)"},'
+        b'"request_id":"req_vrtx_1"}'
+    )
     vstack.vertex.reply = lambda seen: Reply(400, [("content-type", "application/json")], [body])
 
     response = vstack.post()
@@ -257,8 +274,9 @@ def test_regional_hosts(region: str, host: str) -> None:
     assert vertex_base_url(region) == host
 
 
-def test_global_region_url_shape(make_stack: StackFactory, google: FakeGoogleOAuth,
-                                 vertex: tuple[FakeUpstream, str]) -> None:
+def test_global_region_url_shape(
+    make_stack: StackFactory, google: FakeGoogleOAuth, vertex: tuple[FakeUpstream, str]
+) -> None:
     fake, url = vertex
     fake.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
     with make_stack(upstream=["vertex"], vertex_base_url=url, vertex_project="billing-project") as stack:
@@ -296,7 +314,9 @@ def test_vertex_protocol_request_is_served_by_anthropic_as_the_same_message(stac
     seen = stack.upstream.requests[-1]
     assert (seen.path, seen.query) == ("/v1/messages", b"")
     assert orjson.loads(seen.body) == {
-        "model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}],
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hello"}],
         "stream": True,
     }
     assert seen.header("anthropic-version") == "2023-06-01"
@@ -304,14 +324,17 @@ def test_vertex_protocol_request_is_served_by_anthropic_as_the_same_message(stac
     row = stack.rows(1)[0]
     assert row["path"] == CLIENT_PREFIX + "claude-sonnet-4-5@20250929:streamRawPredict"
     assert (row["requested_model"], row["stream"], row["upstream"], row["outcome"]) == (
-        "claude-sonnet-4-5", 1, "anthropic", "ok")
+        "claude-sonnet-4-5",
+        1,
+        "anthropic",
+        "ok",
+    )
     assert row["output_tokens"] == 1
 
 
 # A string a JavaScript client cut mid-emoji: valid JSON to the standard library, not to orjson.
 LONE_SURROGATE = (
-    b'{"anthropic_version":"vertex-2023-10-16","max_tokens":64,'
-    b'"messages":[{"role":"user","content":"cut \\ud83d"}]}'
+    b'{"anthropic_version":"vertex-2023-10-16","max_tokens":64,"messages":[{"role":"user","content":"cut \\ud83d"}]}'
 )
 
 
@@ -319,8 +342,12 @@ def test_vertex_protocol_body_with_a_lone_surrogate_is_relayed_not_a_500(stack: 
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("hi")])
     headers = {"content-type": "application/json", **stack.headers()}
 
-    response = httpx.post(stack.url + CLIENT_PREFIX + "claude-haiku-4-5@20251001:rawPredict", content=LONE_SURROGATE,
-                          headers=headers, timeout=10)
+    response = httpx.post(
+        stack.url + CLIENT_PREFIX + "claude-haiku-4-5@20251001:rawPredict",
+        content=LONE_SURROGATE,
+        headers=headers,
+        timeout=10,
+    )
 
     assert response.status_code == 200
     seen = stack.upstream.requests[-1].body
@@ -345,8 +372,9 @@ def test_body_with_a_lone_surrogate_reaches_vertex_ai_not_a_502(vstack: VertexSt
 def test_vertex_protocol_body_that_is_not_a_json_object_is_a_400(stack: Stack, body: bytes) -> None:
     headers = {"content-type": "application/json", **stack.headers()}
 
-    response = httpx.post(stack.url + CLIENT_PREFIX + "claude-haiku-4-5@20251001:rawPredict", content=body,
-                          headers=headers, timeout=10)
+    response = httpx.post(
+        stack.url + CLIENT_PREFIX + "claude-haiku-4-5@20251001:rawPredict", content=body, headers=headers, timeout=10
+    )
 
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
@@ -366,8 +394,11 @@ def test_raw_predict_is_unstreamed_whatever_the_body_says(stack: Stack) -> None:
 
 def test_vertex_protocol_count_tokens_becomes_count_tokens(stack: Stack) -> None:
     stack.upstream.reply = lambda seen: Reply(200, JSON_HEADERS, [b'{"input_tokens": 4}'])
-    body = {"anthropic_version": "vertex-2023-10-16", "model": "claude-opus-4-5@20251101",
-            "messages": [{"role": "user", "content": "x"}]}
+    body = {
+        "anthropic_version": "vertex-2023-10-16",
+        "model": "claude-opus-4-5@20251101",
+        "messages": [{"role": "user", "content": "x"}],
+    }
 
     response = _post_vertex(stack, CLIENT_PREFIX + "count-tokens:rawPredict", body)
 
@@ -380,14 +411,15 @@ def test_vertex_protocol_count_tokens_becomes_count_tokens(stack: Stack) -> None
 def test_vertex_protocol_to_vertex_uses_the_gateways_project_and_region(vstack: VertexStack) -> None:
     vstack.vertex.reply = lambda seen: Reply(200, [("content-type", "text/event-stream")], stream_events(["a"]))
 
-    response = _post_vertex(vstack.gateway, CLIENT_PREFIX + "claude-sonnet-4-5@20250929:streamRawPredict",
-                            VERTEX_BODY)
+    response = _post_vertex(vstack.gateway, CLIENT_PREFIX + "claude-sonnet-4-5@20250929:streamRawPredict", VERTEX_BODY)
 
     assert response.status_code == 200
     seen = vstack.vertex.requests[-1]
     assert seen.path == PREFIX + "claude-sonnet-4-5@20250929:streamRawPredict"
     assert orjson.loads(seen.body) == {
-        "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}], "stream": True,
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": True,
         "anthropic_version": "vertex-2023-10-16",
     }
     assert seen.header("authorization") == "Bearer ya29.fake-token-1"
@@ -427,8 +459,12 @@ def test_anthropic_vertex_sdk_talks_to_the_gateway(vstack: VertexStack) -> None:
     messages = [{"role": "user", "content": "hello"}]
 
     with anthropic.AnthropicVertex(
-        region="us-east5", project_id="client-project", access_token="skipped",
-        base_url=vstack.gateway.url + "/v1", default_headers=headers, max_retries=0,
+        region="us-east5",
+        project_id="client-project",
+        access_token="skipped",
+        base_url=vstack.gateway.url + "/v1",
+        default_headers=headers,
+        max_retries=0,
     ) as client:
         message = client.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=32, messages=messages)
         with client.messages.stream(model="claude-sonnet-4-5@20250929", max_tokens=32, messages=messages) as stream:
@@ -446,7 +482,8 @@ def test_anthropic_vertex_sdk_talks_to_the_gateway(vstack: VertexStack) -> None:
     assert all(orjson.loads(r.body)["anthropic_version"] == "vertex-2023-10-16" for r in vstack.vertex.requests)
     rows = vstack.gateway.rows(3)
     assert [(r["requested_model"], r["upstream"], r["outcome"]) for r in rows] == [
-        ("claude-sonnet-4-5", "vertex", "ok")] * 3
+        ("claude-sonnet-4-5", "vertex", "ok")
+    ] * 3
 
 
 def test_vertex_without_credentials_refuses_to_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

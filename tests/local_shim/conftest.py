@@ -378,9 +378,7 @@ class LocalStack:
         return wait_for_rows(self.audit_db, count, timeout)
 
 
-def id_token_identity(
-    google_key: GoogleKey, identified: list[str]
-) -> Callable[[Headers], Awaitable[Identity | None]]:
+def id_token_identity(google_key: GoogleKey, identified: list[str]) -> Callable[[Headers], Awaitable[Identity | None]]:
     """The local IAP stand-in's `identify` for programmatic access: a Google ID token for the allowlisted desktop
     client (whose email is noted in `identified`), or nobody."""
 

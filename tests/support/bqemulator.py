@@ -93,9 +93,26 @@ def start_emulator(timeout: float = 60.0) -> Emulator:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BQEMU_", "GOOGLE_", "GATEWAY_"))}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bqemulator", "start", "--rest-host", "127.0.0.1", "--rest-port", str(port),
-             "--grpc-port", "0", "--project", PROJECT, "--ephemeral", "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "bqemulator",
+                "start",
+                "--rest-host",
+                "127.0.0.1",
+                "--rest-port",
+                str(port),
+                "--grpc-port",
+                "0",
+                "--project",
+                PROJECT,
+                "--ephemeral",
+                "--log-level",
+                "warning",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     emulator = Emulator(f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + timeout

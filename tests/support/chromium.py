@@ -29,8 +29,16 @@ def binary() -> str:
 def _run(page: Path, *arguments: str) -> subprocess.CompletedProcess[bytes]:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         command = [
-            binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", *arguments, page.resolve().as_uri(),
+            binary(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *arguments,
+            page.resolve().as_uri(),
         ]
         result = subprocess.run(command, capture_output=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"chromium failed: {result.stderr.decode(errors='replace')[-2000:]}"

@@ -41,9 +41,22 @@ def install(version: str | None = None) -> Path:
         # The package's postinstall only copies the platform binary over a placeholder; we use the platform
         # package's binary directly, so the install needs no scripts.
         subprocess.run(
-            ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--ignore-scripts",
-             "--loglevel", "error", f"{PACKAGE}@{version}"],
-            check=True, capture_output=True, text=True, timeout=600,
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(prefix),
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                "--loglevel",
+                "error",
+                f"{PACKAGE}@{version}",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         binary = _native_binary(prefix)
     if binary is None:

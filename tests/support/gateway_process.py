@@ -69,8 +69,13 @@ def gateway_process(env: dict[str, str], tmp_path: Path) -> Iterator[GatewayProc
     """Start `claude-gateway serve` with `env` (GATEWAY_* settings) on a free port; kill it at the end if it runs."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "ANTHROPIC_", "GOOGLE_"))}
-    clean |= {"PORT": str(port), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_AUDIT_SPILL_DIR": str(tmp_path / "spill"),
-              "GATEWAY_ACCESS_LOG": "false", **env}
+    clean |= {
+        "PORT": str(port),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_AUDIT_SPILL_DIR": str(tmp_path / "spill"),
+        "GATEWAY_ACCESS_LOG": "false",
+        **env,
+    }
     stdout = tmp_path / f"stdout-{port}.log"
     with stdout.open("wb") as out:
         process = subprocess.Popen(

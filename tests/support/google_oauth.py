@@ -81,8 +81,7 @@ class FakeGoogleOAuth:
 
 
 async def _reply(send: Any, status: int, data: dict[str, Any]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": orjson.dumps(data)})
 
 

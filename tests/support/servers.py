@@ -125,8 +125,13 @@ class FakeUpstream:
         try:
             if reply.hold:
                 await asyncio.sleep(reply.hold)
-            await send({"type": "http.response.start", "status": reply.status,
-                        "headers": [(k.encode(), v.encode()) for k, v in reply.headers]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [(k.encode(), v.encode()) for k, v in reply.headers],
+                }
+            )
             for chunk in reply.chunks:
                 if reply.delay:
                     try:
@@ -144,6 +149,11 @@ class FakeUpstream:
 
 
 async def _send_all(send: Any, reply: Reply) -> None:
-    await send({"type": "http.response.start", "status": reply.status,
-                "headers": [(k.encode(), v.encode()) for k, v in reply.headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": [(k.encode(), v.encode()) for k, v in reply.headers],
+        }
+    )
     await send({"type": "http.response.body", "body": b"".join(reply.chunks)})
