@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.gateway.conftest import Stack, StackFactory
-from tests.gateway.test_policy_enforcement import ADA, error_of, policy_file
+from tests.gateway.policy.test_enforcement import ADA, error_of, policy_file
 from tests.support.anthropic_sse import SSE_HEADERS, message_json, stream_events
 from tests.support.servers import Reply
 

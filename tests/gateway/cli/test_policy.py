@@ -12,7 +12,7 @@ from gateway.cli import main
 from gateway.policy.counters import Quota
 from gateway.policy.redis_counters import RedisCounters
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "policy.yaml"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 

@@ -19,7 +19,7 @@ from gateway.policy.counters import CountersUnavailable, Quota
 from gateway.policy.engine import UNCHECKED
 from gateway.policy.redis_counters import RedisCounters
 from tests.gateway.conftest import StackFactory
-from tests.gateway.test_policy_enforcement import ADA, GRACE, error_of, policy_file, send, streamed
+from tests.gateway.policy.test_enforcement import ADA, GRACE, error_of, policy_file, send, streamed
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
 from tests.support.redis_server import RedisServer, redis_server
 from tests.support.servers import Reply

@@ -46,7 +46,7 @@ def test_content_goes_beside_the_audit_sink_by_default() -> None:
 
 
 def test_the_security_teams_guide_explains_every_content_column() -> None:
-    guide = (Path(__file__).parents[2] / "docs" / "security-teams.md").read_text()
+    guide = (Path(__file__).parents[3] / "docs" / "security-teams.md").read_text()
     documented = guide.split("### The content table", 1)[1]
     missing = [name for name in CONTENT_COLUMN_NAMES if f"`{name}`" not in documented.split("### Redaction")[0]]
     assert missing == []

@@ -16,8 +16,7 @@ from gateway.audit.schema import AUDIT_COLUMNS
 from gateway.capture.schema import content_schema_json
 from gateway.cli import main
 from gateway.policy.loader import PolicyFileError, parse_policy
-from tests.gateway.conftest import StackFactory
-from tests.gateway.test_capture_proxy import (
+from tests.gateway.capture.test_pipeline import (
     AWS_KEY_ID,
     BOTH_USER,
     FULL_USER,
@@ -31,6 +30,7 @@ from tests.gateway.test_capture_proxy import (
     table_rows,
     write_policy,
 )
+from tests.gateway.conftest import StackFactory
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
 from tests.support.servers import Reply
 

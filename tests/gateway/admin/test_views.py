@@ -313,7 +313,7 @@ def test_requests_by_group_flattens_groups_and_counts_each_request_once(loaded: 
 
 def guide_queries() -> list[str]:
     """The statements of docs/security-teams.md#example-queries."""
-    guide = (Path(__file__).parents[2] / "docs" / "security-teams.md").read_text()
+    guide = (Path(__file__).parents[3] / "docs" / "security-teams.md").read_text()
     section = guide.split("\n## Example queries\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
     return [statement.strip() for block in blocks for statement in block.split(";") if statement.strip()]
@@ -402,4 +402,4 @@ def test_view_files_keep_the_terraform_placeholder_convention() -> None:
         else:
             assert "{audit_table}" in sql and "QUALIFY ROW_NUMBER() OVER (PARTITION BY request_id" in sql
         assert "WHERE timestamp >=" in sql  # the table requires a partition filter
-    assert Path(__file__).parents[2].joinpath("gateway/admin/views").is_dir()
+    assert Path(__file__).parents[3].joinpath("gateway/admin/views").is_dir()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import Stack
-from tests.gateway.test_policy_enforcement import ADA, MALLORY, SONNET, error_of, policy_stack, send
+from tests.gateway.policy.test_enforcement import ADA, MALLORY, SONNET, error_of, policy_stack, send
 from tests.support.anthropic_sse import SSE_HEADERS, stream_events
 from tests.support.servers import Reply
 

@@ -20,9 +20,8 @@ from gateway.audit.writer import AuditWriter
 from gateway.capture.sink import content_writer
 from gateway.cli import main
 from gateway.config import Settings
-from tests.gateway.conftest import StackFactory
-from tests.gateway.test_bigquery_sink import sink_settings, table_rows
-from tests.gateway.test_capture_proxy import (
+from tests.gateway.audit.test_bigquery_sink import sink_settings, table_rows
+from tests.gateway.capture.test_pipeline import (
     ANTHROPIC_KEY,
     AWS_KEY_ID,
     FULL_USER,
@@ -32,6 +31,7 @@ from tests.gateway.test_capture_proxy import (
     post,
     write_policy,
 )
+from tests.gateway.conftest import StackFactory
 from tests.support.anthropic_sse import SSE_HEADERS
 from tests.support.bqemulator import Emulator, Relay, shared_emulator
 from tests.support.servers import Reply

@@ -10,7 +10,7 @@ from gateway.capture.levels import CaptureLevel
 from gateway.policy.loader import PolicyFileError, load_policy, parse_policy
 from gateway.policy.model import ModelPattern, Policy, decide
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "policy.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "policy.yaml"
 
 THREE_GROUPS = """\
 version: 1
