@@ -266,8 +266,8 @@ class GatewayEndpoint:
                 record.upstream = result.upstream
                 record.attempts = result.attempts
                 record.upstream_failures = "; ".join(result.failures) or None
-                record.upstream_request_id = upstream_response.headers.get("request-id")
-                event_stream = upstream_response.headers.get("content-type", "").startswith("text/event-stream")
+                record.upstream_request_id = upstream_response.header(b"request-id")
+                event_stream = (upstream_response.header(b"content-type") or "").startswith("text/event-stream")
                 if event_stream:
                     meter = SSEMeter()
                 capture = response.capture

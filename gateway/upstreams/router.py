@@ -107,7 +107,7 @@ class UpstreamRouter:
                 result.attempts, result.failures = attempts, failures
                 return result
             reason = f"HTTP {status}{_error_detail(error_body)}"
-            retry_after = parse_retry_after(result.response.headers.get("retry-after"))
+            retry_after = parse_retry_after(result.response.header(b"retry-after"))
             if status in _PATIENCE_STATUSES:
                 breaker.release()
                 logger.warning("upstream %s busy: %s", upstream.name, reason)
@@ -179,7 +179,7 @@ async def _buffered(response: UpstreamResponse, upstream: Upstream) -> tuple[Ups
         body = await response.aread(ERROR_BODY_LIMIT)
     finally:
         await response.aclose()
-    encoding = response.headers.get("content-encoding", "").strip().lower()
+    encoding = (response.header(b"content-encoding") or "").strip().lower()
     decoded = _decoded(body, encoding)
     dropped = _DROPPED_FROM_BUFFERED if decoded is not None else _DROPPED_FROM_BUFFERED - {b"content-encoding"}
     body = decoded if decoded is not None else body

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import certifi
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.upstreams.connection import Connection, Origin, Target, open_connection, request_head
 from gateway.upstreams.errors import FailureKind, UpstreamTimeout, UpstreamTransportError
@@ -52,7 +51,7 @@ class UpstreamRequest:
 class UpstreamResponse:
     """A reply whose body has not been read yet: status, headers, and the raw body bytes as they arrive."""
 
-    __slots__ = ("status_code", "raw_headers", "_headers", "_conn", "_release", "_read_timeout", "_pending")
+    __slots__ = ("status_code", "raw_headers", "_conn", "_release", "_read_timeout", "_pending")
 
     def __init__(
         self,
@@ -65,7 +64,6 @@ class UpstreamResponse:
     ) -> None:
         self.status_code = status_code
         self.raw_headers = raw_headers
-        self._headers: CIMultiDictProxy[str] | None = None
         self._conn = conn
         self._release = release  # the pool's: a connection whose reply ended goes back to it
         self._read_timeout = read_timeout
@@ -82,13 +80,12 @@ class UpstreamResponse:
         if conn is not None and not conn.loop.is_closed():
             conn.close()
 
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        """The headers, latin-1 decoded, looked up case-insensitively (built on first use)."""
-        if self._headers is None:
-            headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in self.raw_headers)
-            self._headers = CIMultiDictProxy(headers)
-        return self._headers
+    def header(self, name: bytes) -> str | None:
+        """The first value of a header (`name` in lower case), latin-1 decoded; None when absent."""
+        for key, value in self.raw_headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value.decode("latin-1")
+        return None
 
     @property
     def buffered_bytes(self) -> int:
