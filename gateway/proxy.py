@@ -12,15 +12,15 @@ import anyio
 from gateway import endpoints, protocol_routes
 from gateway.access_log import log_access
 from gateway.audit.record import SHUTDOWN, AuditRecord
+from gateway.client_response import ClientResponse
 from gateway.endpoints import Endpoint
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError
 from gateway.headers import client_response_headers, upstream_request_headers
 from gateway.identity import DomainNotAllowed
 from gateway.intake import BodyLease, ParsedBody, iap_assertion, new_record, parse_body, read_body
 from gateway.metering import ESTIMATE_BYTES_PER_INPUT_TOKEN, JSONMeter, SSEMeter, Usage
 from gateway.models import models_listing
 from gateway.policy.base import Admission, PolicyRefusal, RequestFacts
-from gateway.policy.budget import BudgetHeaders
 from gateway.pricing import PriceTable
 from gateway.relay_errors import SHUTTING_DOWN, shutdown_error, sse_error, unavailable, unfinished, upstream_failure
 from gateway.upstreams.base import UpstreamCall, UpstreamUnavailable
@@ -29,57 +29,14 @@ from gateway.upstreams.transport import UpstreamResponse
 from gateway.vertex_inbound import as_anthropic, with_anthropic_version
 
 if TYPE_CHECKING:
-    from gateway.capture.pipeline import RequestCapture
     from gateway.resources import Resources
 
 logger = logging.getLogger("gateway.proxy")
 
 Scope = dict[str, Any]
 
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 # How long ending a cut response may take: a client that does not read must not hold up the shutdown.
 _CUT_SEND_SECONDS = 1.0
-
-
-class _Response:
-    """Sends the response to the client, noting what the audit row needs (status, first byte, size) and carrying
-    the request's prompt capture, if the policy asks for one."""
-
-    __slots__ = ("_send", "_record", "_started_at", "started", "finished", "capture", "budget")
-
-    def __init__(self, send: Any, record: AuditRecord, started_at: float) -> None:
-        self._send = send
-        self._record = record
-        self._started_at = started_at
-        self.started = False
-        self.finished = False
-        self.capture: RequestCapture | None = None
-        self.budget: BudgetHeaders | None = None
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.started = True
-        self._record.status_code = status
-        headers.append((b"x-gateway-request-id", self._record.request_id.encode()))
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def body(self, chunk: bytes) -> None:
-        if self._record.ttfb_ms is None:
-            self._record.ttfb_ms = round((time.perf_counter() - self._started_at) * 1000, 3)
-        self._record.response_bytes += len(chunk)
-        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-    async def end(self) -> None:
-        self.finished = True
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def error(self, error: GatewayError) -> None:
-        """A complete Anthropic-shaped error response."""
-        body = error_body(error.status, error.message, error.error_type)
-        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-        await self.start(error.status, headers)
-        await self.body(body)
-        await self.end()
 
 
 class _Cut:
@@ -106,7 +63,7 @@ class GatewayEndpoint:
         gateway = self._gateway
         started_at = time.perf_counter()
         record = new_record(scope)
-        response = _Response(send, record, started_at)
+        response = ClientResponse(send, record, started_at)
         gateway.trail.begin()
         lease = BodyLease(gateway.bodies)
         try:
@@ -141,7 +98,7 @@ class GatewayEndpoint:
         gateway: Resources,
         scope: Scope,
         receive: Any,
-        response: _Response,
+        response: ClientResponse,
         record: AuditRecord,
         lease: BodyLease,
     ) -> None:
@@ -220,7 +177,7 @@ class GatewayEndpoint:
         try:
             if endpoint is Endpoint.MODELS:
                 # Answered from the model table: Vertex has no such endpoint, and the list is per caller.
-                await _send_json(response, await models_listing(gateway.models, gateway.policy, principal))
+                await response.json(await models_listing(gateway.models, gateway.policy, principal))
             else:
                 gateway.trail.admit(record)
                 usage = await self._relay(gateway, call, receive, response, record)
@@ -229,7 +186,7 @@ class GatewayEndpoint:
             await _settle(gateway, facts, admission, usage, record.cost_usd)
 
     async def _relay(
-        self, gateway: Resources, call: UpstreamCall, receive: Any, response: _Response, record: AuditRecord
+        self, gateway: Resources, call: UpstreamCall, receive: Any, response: ClientResponse, record: AuditRecord
     ) -> Usage:
         if gateway.trail.cutting:
             raise shutdown_error()
@@ -335,7 +292,7 @@ class GatewayEndpoint:
         return usage
 
 
-async def _end_cut(response: _Response, record: AuditRecord, event_stream: bool, feed: Any) -> None:
+async def _end_cut(response: ClientResponse, record: AuditRecord, event_stream: bool, feed: Any) -> None:
     """End a response the shutdown cut: an overloaded_error the client retries (an `event: error` once a stream
     has started), and a row that says so, with the tokens the upstream reported so far."""
     error = shutdown_error()
@@ -360,12 +317,6 @@ async def _settle(
         await gateway.policy.settle(facts, admission, usage, cost)
     except Exception:  # accounting trouble must not turn a served request into an error
         logger.exception("policy settle failed")
-
-
-async def _send_json(response: _Response, body: bytes) -> None:
-    await response.start(200, [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())])
-    await response.body(body)
-    await response.end()
 
 
 def _note_principal(record: AuditRecord, principal: Any) -> None:
