@@ -9,7 +9,6 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from gateway.audit.bigquery import TableRef
 from gateway.cli import main
 from gateway.dev.iap import AssertionSigner
 from gateway.policy.counters import day_of
-from tests.gateway.conftest import API_KEY, AUDIENCE
+from tests.gateway.audit.conftest import bigquery_env, iap_headers
 from tests.support.anthropic_sse import JSON_HEADERS, SSE_HEADERS, event, message_json
-from tests.support.bqemulator import Emulator, Relay, shared_emulator
+from tests.support.bqemulator import Emulator, Relay
 from tests.support.gateway_process import CLOUD_RUN_GRACE, GatewayProcess, LogWatcher, gateway_process
 from tests.support.servers import FakeUpstream, Reply
 
@@ -39,37 +38,6 @@ DURABLE_WITHIN = 2.0
 LOAD_SLACK = 1.0
 SHUTDOWN_SECONDS = 8.0  # the default GATEWAY_SHUTDOWN_SECONDS
 STREAM_INPUT_TOKENS, STREAM_CACHE_READ = 3000, 20_000
-
-
-@pytest.fixture
-def emulator() -> Emulator:
-    return shared_emulator()
-
-
-@pytest.fixture
-def relay(emulator: Emulator) -> Iterator[Relay]:
-    relay = Relay(("127.0.0.1", int(emulator.url.rsplit(":", 1)[1])))
-    relay.up()
-    yield relay
-    relay.down()
-
-
-def bigquery_env(table: TableRef, relay: Relay, upstream_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "GATEWAY_IAP_AUDIENCE": AUDIENCE,
-        "GATEWAY_IAP_CERTS_URL": f"{upstream_url}/iap/public_key",
-        "GATEWAY_UPSTREAM_URL": upstream_url,
-        "GATEWAY_ANTHROPIC_API_KEY": API_KEY,
-        "GATEWAY_AUDIT_SINK": f"bigquery://{table.project}/{table.dataset}/{table.table}",
-        "GATEWAY_BIGQUERY_ENDPOINT": relay.url,
-        "GATEWAY_BIGQUERY_ANONYMOUS": "1",
-        **extra,
-    }
-
-
-def headers(signer: AssertionSigner) -> dict[str, str]:
-    assertion = signer.sign("ada@example.com", audience=AUDIENCE, hd="example.com")
-    return {"x-goog-iap-jwt-assertion": assertion, "anthropic-version": "2023-06-01"}
 
 
 def rows_in(emulator: Emulator, table: TableRef) -> list[dict[str, Any]]:
@@ -134,11 +102,11 @@ def test_bigquery_outage_then_sigkill_loses_no_completed_request_and_replay_rebu
     fake, fake_url = upstream
     fake.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("ok", model=SONNET)])
     table = emulator.new_table()
-    with gateway_process(bigquery_env(table, relay, fake_url), tmp_path) as gateway:
-        with Traffic(gateway.url, headers(signer)) as before:
+    with gateway_process(bigquery_env(table, relay.url, fake_url), tmp_path) as gateway:
+        with Traffic(gateway.url, iap_headers(signer)) as before:
             time.sleep(1.0)
         relay.down() if outage == "down" else relay.hang()
-        with LogWatcher(gateway.stdout) as watcher, Traffic(gateway.url, headers(signer)) as during:
+        with LogWatcher(gateway.stdout) as watcher, Traffic(gateway.url, iap_headers(signer)) as during:
             time.sleep(4.0)
             during.stop.set()
             time.sleep(DURABLE_WITHIN + LOAD_SLACK)
@@ -179,9 +147,9 @@ def test_sigkill_mid_traffic_during_an_outage_loses_only_rows_of_the_last_two_se
     fake, fake_url = upstream
     fake.reply = lambda seen: Reply(200, JSON_HEADERS, [message_json("ok", model=SONNET)])
     table = emulator.new_table()
-    with gateway_process(bigquery_env(table, relay, fake_url), tmp_path) as gateway:
+    with gateway_process(bigquery_env(table, relay.url, fake_url), tmp_path) as gateway:
         relay.hang()
-        with Traffic(gateway.url, headers(signer), threads=3) as traffic:
+        with Traffic(gateway.url, iap_headers(signer), threads=3) as traffic:
             time.sleep(5.0)
             killed_at = time.monotonic()
             gateway.kill()
@@ -298,7 +266,7 @@ def test_sigterm_cuts_long_streams_with_overloaded_error_and_audits_them_truthfu
     prefix = f"test-audit-{uuid.uuid4().hex[:8]}"
     env = bigquery_env(
         table,
-        relay,
+        relay.url,
         fake_url,
         GATEWAY_POLICY_FILE=str(policy_file(tmp_path)),
         GATEWAY_GROUP_RESOLVER="static",
@@ -306,7 +274,7 @@ def test_sigterm_cuts_long_streams_with_overloaded_error_and_audits_them_truthfu
         GATEWAY_REDIS_KEY_PREFIX=prefix,
     )
     with gateway_process(env, tmp_path) as gateway:
-        streams = [Stream(gateway.url, headers(signer)) for _ in range(4)]
+        streams = [Stream(gateway.url, iap_headers(signer)) for _ in range(4)]
         assert all(stream.flowing.wait(15) for stream in streams)
         time.sleep(0.5)  # the started rows are written
         if bigquery == "down":
@@ -355,8 +323,8 @@ def test_a_crash_mid_stream_leaves_an_incomplete_trace(
     fake, fake_url = upstream
     fake.reply = lambda seen: slow_stream(20.0)
     table = emulator.new_table()
-    with gateway_process(bigquery_env(table, relay, fake_url), tmp_path) as gateway:
-        stream = Stream(gateway.url, headers(signer))
+    with gateway_process(bigquery_env(table, relay.url, fake_url), tmp_path) as gateway:
+        stream = Stream(gateway.url, iap_headers(signer))
         assert stream.flowing.wait(15)
         deadline = time.monotonic() + DURABLE_WITHIN + 3
         while not rows_in(emulator, table) and time.monotonic() < deadline:

@@ -17,29 +17,16 @@ import pytest
 from gateway.audit.bigquery import TableRef
 from gateway.cli import main
 from gateway.dev.iap import AssertionSigner
-from tests.gateway.conftest import API_KEY, AUDIENCE
+from tests.gateway.audit.conftest import bigquery_env, iap_headers
 from tests.support.anthropic_sse import JSON_HEADERS, message_json
-from tests.support.bqemulator import Emulator, Relay, shared_emulator
+from tests.support.bqemulator import Emulator, Relay
+from tests.support.gateway_process import CLOUD_RUN_GRACE
 from tests.support.gateway_process import gateway_process as serve_process
 from tests.support.servers import FakeUpstream, Reply
 
 pytestmark = pytest.mark.slow
 
-CLOUD_RUN_GRACE = 10.0
 ROWS = 25
-
-
-@pytest.fixture
-def emulator() -> Emulator:
-    return shared_emulator()
-
-
-@pytest.fixture
-def relay(emulator: Emulator) -> Iterator[Relay]:
-    relay = Relay(("127.0.0.1", int(emulator.url.rsplit(":", 1)[1])))
-    relay.up()
-    yield relay
-    relay.down()
 
 
 @contextmanager
@@ -49,24 +36,11 @@ def gateway_process(
     """`claude-gateway serve` configured from the environment, rows held in its queue (a flush only when
     50,000 rows are queued or after ten minutes), its stdout (Cloud Logging
     JSON lines) in a file."""
-    env = {
-        "GATEWAY_IAP_AUDIENCE": AUDIENCE,
-        "GATEWAY_IAP_CERTS_URL": f"{upstream_url}/iap/public_key",
-        "GATEWAY_UPSTREAM_URL": upstream_url,
-        "GATEWAY_ANTHROPIC_API_KEY": API_KEY,
-        "GATEWAY_AUDIT_SINK": f"bigquery://{table.project}/{table.dataset}/{table.table}",
-        "GATEWAY_BIGQUERY_ENDPOINT": bigquery_url,
-        "GATEWAY_BIGQUERY_ANONYMOUS": "1",
-        "GATEWAY_AUDIT_FLUSH_MS": "600000",
-        "GATEWAY_AUDIT_BATCH_SIZE": "10000",
-    }
+    env = bigquery_env(
+        table, bigquery_url, upstream_url, GATEWAY_AUDIT_FLUSH_MS="600000", GATEWAY_AUDIT_BATCH_SIZE="10000"
+    )
     with serve_process(env, tmp_path) as gateway:
         yield gateway.process, gateway.url, gateway.stdout
-
-
-def iap_headers(signer: AssertionSigner) -> dict[str, str]:
-    assertion = signer.sign("ada@example.com", audience=AUDIENCE, hd="example.com")
-    return {"x-goog-iap-jwt-assertion": assertion, "anthropic-version": "2023-06-01"}
 
 
 def send_requests(url: str, upstream: FakeUpstream, signer_headers: dict[str, str]) -> list[str]:
