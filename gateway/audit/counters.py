@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(slots=True)
@@ -16,3 +16,6 @@ class AuditCounters:
     replayed: int = 0  # taken back from the spill and accepted by the sink
     rejected: int = 0  # refused by the sink as invalid; logged as audit_fallback with the reason
     dropped: int = 0
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={count}" for name, count in asdict(self).items())

@@ -246,7 +246,7 @@ class AuditWriter:
         logger.info(
             "%s: %s, queued=%d spilled_pending=%d",
             what,
-            " ".join(f"{k}={v}" for k, v in counters.items()),
+            self.counters,
             self.pending,
             self.spill_pending,
             extra={

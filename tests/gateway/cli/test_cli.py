@@ -110,7 +110,7 @@ def test_dev_stops_cleanly_on_interrupt(dev_gateway: tuple[subprocess.Popen[str]
     assert process.stdout is not None
     rest = process.stdout.read()
     assert code == 130  # the shell's convention for Ctrl-C
-    assert "gateway stopped" in rest  # the lifespan ran: audit rows were drained before exit
+    assert "gateway stopped: written=" in rest  # the lifespan ran: audit rows were drained before exit
     assert "Traceback" not in rest
 
 
