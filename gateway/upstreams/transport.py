@@ -169,12 +169,14 @@ class UpstreamTransport:
         pool_timeout: float,
         max_connections: int,
         ssl_context: ssl.SSLContext | None = None,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
     ) -> None:
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._write_timeout = write_timeout
         self._pool_timeout = pool_timeout
         self._max_connections = max_connections
+        self._keepalive = keepalive_seconds
         self._ssl = ssl_context or ssl.create_default_context(cafile=certifi.where())
         self._idle: dict[Origin, deque[Connection]] = {}
         self._open = 0  # connections holding a slot: busy, idle or being opened
@@ -293,7 +295,7 @@ class UpstreamTransport:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        expired_before = self._loop.time() - KEEPALIVE_SECONDS
+        expired_before = self._loop.time() - self._keepalive
         while idle:
             conn = idle.pop()  # the most recently used: the least likely to have been closed by the server
             if conn.closed:
@@ -332,21 +334,21 @@ class UpstreamTransport:
             idle = self._idle[conn.origin] = deque()
         idle.append(conn)
         if self._sweep is None:
-            self._sweep = self._loop.call_later(KEEPALIVE_SECONDS, self._sweep_idle)
+            self._sweep = self._loop.call_later(self._keepalive, self._sweep_idle)
         if self._slot_waiters:
             self._wake_waiter()
 
     def _sweep_idle(self) -> None:
         """Close connections idle past the keep-alive expiry (an origin no longer called keeps none open)."""
         self._sweep = None
-        expired_before = self._loop.time() - KEEPALIVE_SECONDS
+        expired_before = self._loop.time() - self._keepalive
         remaining = False
         for idle in self._idle.values():
             while idle and (idle[0].closed or idle[0].idle_since < expired_before):
                 idle.popleft().close()
             remaining = remaining or bool(idle)
         if remaining:
-            self._sweep = self._loop.call_later(KEEPALIVE_SECONDS, self._sweep_idle)
+            self._sweep = self._loop.call_later(self._keepalive, self._sweep_idle)
 
     def _forget(self) -> None:
         """A connection closed (or never opened): its slot is free."""

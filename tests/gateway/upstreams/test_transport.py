@@ -84,6 +84,7 @@ class Server:
         self.tls = tls
         self.host = host
         self.connections = 0
+        self.open_connections = 0  # accepted and not yet closed by the client (EOF) or the reply
         self.heads: list[bytes] = []
         self.url = ""
 
@@ -99,12 +100,14 @@ class Server:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open_connections += 1
         try:
             while (request := await read_request(reader)) is not None:
                 self.heads.append(request[0])
                 if not await self.reply(reader, writer, *request):
                     break
         finally:
+            self.open_connections -= 1
             writer.close()
 
 
@@ -140,6 +143,37 @@ def test_content_length_body_is_read_and_the_connection_reused() -> None:
                 await response.aclose()
             await upstream.aclose()
         assert server.connections == 1
+
+    run(main())
+
+
+def test_connection_idle_past_the_keepalive_expiry_is_not_reused() -> None:
+    async def main() -> None:
+        async with Server(reply_with(OK_HELLO)) as server:
+            upstream = client(keepalive_seconds=0.2)
+            for pause in (0.0, 0.4):
+                await asyncio.sleep(pause)
+                response = await upstream.send(post(server.url))
+                assert await response.aread() == b"hello"
+                await response.aclose()
+            await upstream.aclose()
+        assert server.connections == 2
+
+    run(main())
+
+
+def test_idle_connections_are_closed_by_the_sweep_when_no_request_comes() -> None:
+    async def main() -> None:
+        async with Server(reply_with(OK_HELLO)) as server:
+            upstream = client(keepalive_seconds=0.2)
+            response = await upstream.send(post(server.url))
+            assert await response.aread() == b"hello"
+            await response.aclose()
+            deadline = time.monotonic() + 2.0
+            while server.open_connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert server.open_connections == 0  # the server saw the pooled connection close
+            await upstream.aclose()
 
     run(main())
 
